@@ -1,0 +1,300 @@
+"""Typed schemas for every config group.
+
+The YAML files in `conf/` extend these schemas, so Hydra rejects an unknown key
+or a wrongly typed value while composing. Value checks (batch size >= 1, ...)
+live in `__post_init__`, which runs when `to_settings` turns the composed
+config into these dataclasses, before any data is touched.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, List, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from pneumolab.errors import PneumolabError
+
+
+def _require(ok: bool, key: str, value: Any, fix: str) -> None:
+    if not ok:
+        raise PneumolabError(f"Invalid config value {key}={value!r}: {fix}")
+
+
+# --- model -------------------------------------------------------------------
+
+
+@dataclass
+class MLPConfig:
+    name: str = "mlp"
+    hidden_sizes: List[int] = field(default_factory=lambda: [128, 128, 128])
+    negative_slope: float = 0.01
+    dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        _require(self.name == "mlp", "model.name", self.name, "the only model is 'mlp' (model=mlp).")
+        _require(len(self.hidden_sizes) > 0 and all(h >= 1 for h in self.hidden_sizes),
+                 "model.hidden_sizes", self.hidden_sizes, "give one or more layer widths >= 1, e.g. [128,128,128].")
+        _require(0.0 <= self.dropout < 1.0, "model.dropout", self.dropout, "use a probability in [0, 1).")
+
+
+# --- head --------------------------------------------------------------------
+
+HEADS = ("bce", "ce")
+
+
+@dataclass
+class HeadConfig:
+    name: str = "bce"
+
+    def __post_init__(self) -> None:
+        _require(self.name in HEADS, "head.name", self.name,
+                 "choose head=bce (one logit, sigmoid > 0.5) or head=ce (two logits, argmax).")
+
+
+# --- data --------------------------------------------------------------------
+
+
+@dataclass
+class DataConfig:
+    name: str = MISSING
+    batch_size: int = 32
+    limit_per_class: Optional[int] = None
+    # Downloads and decoded-image caches; null means $PNEUMOLAB_DATA or ~/.cache/pneumolab.
+    cache_dir: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        _require(self.batch_size >= 1, "data.batch_size", self.batch_size, "use a batch size of at least 1.")
+        _require(self.limit_per_class is None or self.limit_per_class >= 1, "data.limit_per_class",
+                 self.limit_per_class, "use null (all images) or a cap of at least 1 image per class.")
+
+    def resolved_cache_dir(self) -> Path:
+        import os
+
+        root = self.cache_dir or os.environ.get("PNEUMOLAB_DATA") or "~/.cache/pneumolab"
+        return Path(root).expanduser()
+
+
+@dataclass
+class PhantomDataConfig(DataConfig):
+    name: str = "phantom"
+    image_size: int = 28
+    # PneumoniaMNIST's split sizes and class balance.
+    n_train: int = 4708
+    n_val: int = 524
+    n_test: int = 624
+    pneumonia_fraction_train: float = 0.742
+    pneumonia_fraction_test: float = 0.625
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _require(self.image_size >= 8, "data.image_size", self.image_size, "use at least 8 pixels.")
+        for key in ("n_train", "n_val", "n_test"):
+            _require(getattr(self, key) >= 2, f"data.{key}", getattr(self, key), "use at least 2 images per split.")
+
+
+MEDMNIST_SIZES = (28, 64, 128, 224)
+
+
+@dataclass
+class PneumoniaMNISTDataConfig(DataConfig):
+    name: str = "pneumoniamnist"
+    size: int = 28
+    path: Optional[str] = None
+    # Where the npz comes from when `path` is null; {suffix} is "" for 28 px, else "_<size>".
+    url: str = "https://zenodo.org/records/10519652/files/pneumoniamnist{suffix}.npz?download=1"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _require(self.size in MEDMNIST_SIZES, "data.size", self.size, f"PneumoniaMNIST comes in sizes {MEDMNIST_SIZES}.")
+
+
+@dataclass
+class FolderDataConfig(DataConfig):
+    name: str = "folder"
+    root: str = MISSING
+    image_size: int = 28
+    val_fraction: float = 0.1
+    split_seed: int = 0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _require(self.image_size >= 1, "data.image_size", self.image_size, "use an image size of at least 1 pixel, e.g. 28.")
+        _require(0.0 < self.val_fraction < 1.0, "data.val_fraction", self.val_fraction, "use a fraction in (0, 1), e.g. 0.1.")
+
+
+# --- optimizer ---------------------------------------------------------------
+
+
+@dataclass
+class OptimizerConfig:
+    name: str = MISSING
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+
+    def __post_init__(self) -> None:
+        _require(self.lr > 0, "optimizer.lr", self.lr, "use a learning rate > 0, e.g. 1e-3.")
+        _require(self.weight_decay >= 0, "optimizer.weight_decay", self.weight_decay, "use a value >= 0.")
+
+
+@dataclass
+class AdamConfig(OptimizerConfig):
+    name: str = "adam"
+    betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+
+
+@dataclass
+class SGDConfig(OptimizerConfig):
+    name: str = "sgd"
+    lr: float = 1e-2
+    momentum: float = 0.9
+
+
+# --- scheduler ---------------------------------------------------------------
+
+
+@dataclass
+class SchedulerConfig:
+    name: str = MISSING
+
+
+@dataclass
+class StepSchedulerConfig(SchedulerConfig):
+    name: str = "step"
+    step_size: int = 10
+    gamma: float = 0.1
+
+    def __post_init__(self) -> None:
+        _require(self.step_size >= 1, "scheduler.step_size", self.step_size, "use a StepLR step size of at least 1 epoch.")
+        _require(self.gamma > 0, "scheduler.gamma", self.gamma, "use a decay factor > 0, e.g. 0.1.")
+
+
+@dataclass
+class MultiStepSchedulerConfig(SchedulerConfig):
+    name: str = "multistep"
+    milestones: List[int] = field(default_factory=lambda: [10, 20])
+    gamma: float = 0.1
+
+    def __post_init__(self) -> None:
+        _require(all(m >= 1 for m in self.milestones), "scheduler.milestones", self.milestones, "use epochs >= 1.")
+
+
+@dataclass
+class CosineSchedulerConfig(SchedulerConfig):
+    name: str = "cosine"
+    # null: anneal over all of trainer.epochs.
+    t_max: Optional[int] = None
+    eta_min: float = 0.0
+
+
+@dataclass
+class PlateauSchedulerConfig(SchedulerConfig):
+    name: str = "plateau"
+    factor: float = 0.1
+    patience: int = 3
+
+    def __post_init__(self) -> None:
+        _require(0 < self.factor < 1, "scheduler.factor", self.factor, "use a factor in (0, 1).")
+
+
+@dataclass
+class NoSchedulerConfig(SchedulerConfig):
+    name: str = "none"
+
+
+# --- trainer -----------------------------------------------------------------
+
+
+@dataclass
+class TrainerConfig:
+    epochs: int = 30
+    seeds: List[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])
+    device: str = "auto"
+    eval_checkpoint: str = "last"
+    # Train all seeds as one stacked model (fast); false trains them one after another.
+    batched_seeds: bool = True
+    # Intra-op threads per process; null picks 1, the fastest for these small matrices.
+    threads: Optional[int] = None
+    # CUDA only: deterministic cuBLAS and kernels (slower). CPU runs are always deterministic.
+    deterministic: bool = False
+
+    def __post_init__(self) -> None:
+        _require(self.epochs >= 1, "trainer.epochs", self.epochs, "train for at least 1 epoch.")
+        _require(len(self.seeds) > 0, "trainer.seeds", self.seeds, "give at least one seed, e.g. trainer.seeds=[0,1,2,3,4].")
+        _require(len(set(self.seeds)) == len(self.seeds), "trainer.seeds", self.seeds, "list each seed once.")
+        _require(self.eval_checkpoint in ("last", "best_val"), "trainer.eval_checkpoint", self.eval_checkpoint,
+                 "use 'last' (weights after the final epoch) or 'best_val' (the epoch with the best validation accuracy).")
+        _require(self.threads is None or self.threads >= 1, "trainer.threads", self.threads, "use null or a count >= 1.")
+        dev = self.device
+        _require(dev in ("auto", "cpu", "cuda") or (dev.startswith("cuda:") and dev[5:].isdigit()),
+                 "trainer.device", dev, "use auto, cpu, cuda or cuda:N.")
+
+
+# --- report metadata (set by conf/experiment/report/*) ----------------------
+
+
+@dataclass
+class ReportFigureConfig:
+    figure: int = MISSING
+    caption: str = MISSING
+    reported_acc: float = MISSING
+
+
+# --- root --------------------------------------------------------------------
+
+
+@dataclass
+class Config:
+    model: Any = MISSING
+    head: Any = MISSING
+    data: Any = MISSING
+    optimizer: Any = MISSING
+    scheduler: Any = MISSING
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    report_figure: Optional[ReportFigureConfig] = None
+    # Free text that names the run in summaries; experiment configs set it.
+    tag: Optional[str] = None
+
+
+SCHEMAS = {
+    "model": {"mlp": MLPConfig},
+    "head": {"head": HeadConfig},
+    "data": {"phantom": PhantomDataConfig, "pneumoniamnist": PneumoniaMNISTDataConfig, "folder": FolderDataConfig},
+    "optimizer": {"adam": AdamConfig, "sgd": SGDConfig},
+    "scheduler": {
+        "step": StepSchedulerConfig,
+        "multistep": MultiStepSchedulerConfig,
+        "cosine": CosineSchedulerConfig,
+        "plateau": PlateauSchedulerConfig,
+        "none": NoSchedulerConfig,
+    },
+}
+
+
+def register_configs() -> None:
+    """Make the schemas available to the YAML files as `<group>/schema_<name>`."""
+    cs = ConfigStore.instance()
+    cs.store(name="schema_config", node=Config)
+    for group, options in SCHEMAS.items():
+        for name, node in options.items():
+            cs.store(group=group, name=f"schema_{name}", node=node)
+
+
+def to_settings(cfg: DictConfig) -> Config:
+    """Turn a composed config into validated dataclasses, or fail with a PneumolabError."""
+    try:
+        settings = OmegaConf.to_object(cfg)
+    except PneumolabError:
+        raise
+    except OmegaConfBaseException as exc:
+        raise PneumolabError(
+            f"The configuration is incomplete or mistyped: {exc}. Check the key named above "
+            "against `pneumolab --cfg job` and fix the override or YAML file."
+        ) from None
+    assert isinstance(settings, Config)
+    return settings
