@@ -1,0 +1,151 @@
+"""`pneumolab`: the Hydra app. One job trains one configuration for every seed.
+
+config -> dataset tensors -> fit -> results.json, metrics.csv, curves.png, roc.png
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+
+from pneumolab.config import Config, register_configs, to_settings
+from pneumolab.errors import PneumolabError
+
+log = logging.getLogger("pneumolab")
+
+
+def config_dir() -> str:
+    """conf/ inside the installed package (wheel), else the repository's top-level conf/."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "conf", here.parents[1] / "conf"):
+        if (candidate / "config.yaml").is_file():
+            return str(candidate)
+    raise RuntimeError(f"pneumolab's conf/ directory is missing (looked in {here / 'conf'} and {here.parents[1] / 'conf'})")
+
+
+def configure_torch(settings: Config) -> None:
+    import torch
+
+    # One thread is fastest for these small matrices (see scripts/bench.py); parallel
+    # sweep jobs get one core each instead.
+    torch.set_num_threads(settings.trainer.threads or 1)
+    if settings.trainer.deterministic:
+        # Must be set before the first cuBLAS call; harmless on CPU.
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+
+
+class EpochReport:
+    """Seed / epoch / validation accuracy: one updating line on a terminal, log lines otherwise."""
+
+    def __init__(self) -> None:
+        self.tty = sys.stderr.isatty()
+
+    def __call__(self, epoch: int, epochs: int, seeds: list[int], val_acc: list[float]) -> None:
+        accs = " ".join("nan" if math.isnan(a) else f"{a:.3f}" for a in val_acc)
+        seed_text = f"seed {seeds[0]}" if len(seeds) == 1 else f"seeds {seeds[0]}..{seeds[-1]}"
+        line = f"{seed_text} | epoch {epoch}/{epochs} | val acc {accs}"
+        if self.tty:
+            end = "\n" if epoch == epochs else ""
+            print(f"\r{line}", end=end, file=sys.stderr, flush=True)
+        else:
+            log.info(line)
+
+
+def run_job(cfg: DictConfig, job_dir: Path, overrides: list[str]) -> float:
+    """Train, write every output, and return mean validation accuracy (the search objective)."""
+    import numpy as np
+
+    from pneumolab.data import load_data
+    from pneumolab.plots import plot_curves, plot_roc
+    from pneumolab.metrics import roc_curve
+    from pneumolab.results import RESULTS, build_results, read_json, write_metrics_csv, write_results
+    from pneumolab.train import fit, resolve_device
+
+    settings = to_settings(cfg)
+    config = OmegaConf.to_container(cfg, resolve=True)
+    done = read_json(job_dir / RESULTS)
+    if done is not None and done.get("config") == config:
+        log.info("skipped: done (%s already holds this config)", job_dir / RESULTS)
+        return done["summary"]["val_acc"]["mean"] or math.nan
+
+    configure_torch(settings)
+    device = resolve_device(settings.trainer.device)
+    start = time.perf_counter()
+    dataset = load_data(settings.data)
+    log.info("data: %s | train %d, val %d, test %d | device %s",
+             dataset.source, len(dataset.train), len(dataset.val), len(dataset.test), device)
+    runs = fit(settings, dataset, device, on_epoch=EpochReport())
+    wall = time.perf_counter() - start
+
+    test_labels = dataset.test.labels.numpy()
+    results = build_results(config, overrides, runs, test_labels, dataset.source, wall, str(device))
+    write_metrics_csv(job_dir, runs)
+    plot_curves([{"seed": r.seed, **r.history} for r in runs], job_dir / "curves.png", title=" ".join(overrides) or None)
+    rocs = []
+    for run, entry in zip(runs, results["per_seed"]):
+        if not run.diverged:
+            fpr, tpr = roc_curve(test_labels, run.test_scores)
+            rocs.append({"seed": run.seed, "fpr": fpr, "tpr": tpr, "auc": entry["test_auc"]})
+    plot_roc(rocs, job_dir / "roc.png", title=" ".join(overrides) or None)
+    write_results(job_dir, results)
+
+    acc = results["summary"]["test_acc"]
+    log.info("test acc %.4f +- %.4f over %d seeds (%d diverged) in %.1f s -> %s",
+             acc["mean"] if acc["n"] else math.nan, acc["std"] if acc["n"] else math.nan,
+             acc["n"], results["n_diverged"], wall, job_dir)
+    if results["n_diverged"] == len(runs):
+        raise PneumolabError(
+            f"Every seed diverged (the loss became NaN or infinite); see {job_dir / RESULTS}. "
+            "Lower optimizer.lr or switch optimizer=adam."
+        )
+    return float(np.mean([r.val_acc for r in runs if not r.diverged]))
+
+
+@hydra.main(version_base="1.3", config_path=config_dir(), config_name="config")
+def hydra_entry(cfg: DictConfig) -> float:
+    hydra_cfg = HydraConfig.get()
+    job_dir = Path(hydra_cfg.runtime.output_dir)
+    overrides = list(hydra_cfg.overrides.task)
+    if hydra_cfg.mode != RunMode.MULTIRUN:
+        try:
+            return run_job(cfg, job_dir, overrides)
+        except PneumolabError as exc:
+            print(f"pneumolab: error: {exc}", file=sys.stderr)
+            sys.exit(2)
+
+    # In a sweep, one failing point must not stop the others: record it for the summary.
+    from pneumolab.results import write_failure
+
+    try:
+        return run_job(cfg, job_dir, overrides)
+    except Exception as exc:  # noqa: BLE001 - every failure is recorded, then the sweep goes on
+        message = str(exc) if isinstance(exc, PneumolabError) else f"{type(exc).__name__}: {exc}"
+        if not isinstance(exc, PneumolabError):
+            log.error("%s", traceback.format_exc())
+        log.error("failed: %s", message)
+        write_failure(job_dir, OmegaConf.to_container(cfg, resolve=False), overrides, message)
+        return math.nan
+
+
+def main() -> None:
+    register_configs()
+    hydra_entry()
+    from pneumolab.sweep import failed_jobs_in_last_sweep
+
+    if failed_jobs_in_last_sweep():
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,108 @@
+"""A job's outputs on disk: results.json, metrics.csv, and reading them back.
+
+results.json is written last and atomically, so its presence means the job
+finished; a sweep re-run treats a results.json with the same config as done.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import platform
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pneumolab import __version__
+from pneumolab.files import atomic_open, atomic_write_text
+from pneumolab.metrics import binary_metrics, summarize
+from pneumolab.train import SeedRun
+
+RESULTS = "results.json"
+FAILURE = "error.json"
+METRICS_CSV = "metrics.csv"
+SUMMARY_KEYS = ("test_acc", "test_auc", "test_sensitivity", "test_specificity", "val_acc")
+CSV_COLUMNS = ("seed", "epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc")
+
+
+def seed_entry(run: SeedRun, test_labels: np.ndarray) -> dict[str, Any]:
+    entry: dict[str, Any] = {"seed": run.seed}
+    if run.diverged:
+        metrics = dict.fromkeys(("acc", "auc", "sensitivity", "specificity", "f1", "confusion"))
+    else:
+        metrics = binary_metrics(test_labels, run.test_scores, run.test_predictions)
+    for key in ("acc", "auc", "sensitivity", "specificity", "f1", "confusion"):
+        entry[f"test_{key}"] = metrics[key]
+    entry.update(val_acc=run.val_acc, epochs_run=run.epochs_run, best_epoch=run.best_epoch, diverged=run.diverged)
+    return entry
+
+
+def versions() -> dict[str, str]:
+    import hydra
+    import torch
+
+    return {
+        "pneumolab": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "hydra": hydra.__version__,
+    }
+
+
+def build_results(
+    config: dict, overrides: list[str], runs: list[SeedRun], test_labels: np.ndarray,
+    data_source: str, wall_seconds: float, device: str,
+) -> dict[str, Any]:
+    per_seed = [seed_entry(run, test_labels) for run in runs]
+    return {
+        "config": config,
+        "overrides": overrides,
+        "seeds": [run.seed for run in runs],
+        "per_seed": per_seed,
+        "summary": {key: summarize([entry[key] for entry in per_seed]) for key in SUMMARY_KEYS},
+        "n_diverged": sum(run.diverged for run in runs),
+        "data": data_source,
+        "wall_seconds": round(wall_seconds, 3),
+        "device": device,
+        "versions": versions(),
+    }
+
+
+def write_results(job_dir: Path, results: dict[str, Any]) -> None:
+    atomic_write_text(job_dir / RESULTS, json.dumps(results, indent=2, allow_nan=False) + "\n")
+
+
+def write_failure(job_dir: Path, config: dict, overrides: list[str], error: str) -> None:
+    failure = {"config": config, "overrides": overrides, "error": error}
+    atomic_write_text(job_dir / FAILURE, json.dumps(failure, indent=2) + "\n")
+
+
+def write_metrics_csv(job_dir: Path, runs: list[SeedRun]) -> None:
+    with atomic_open(job_dir / METRICS_CSV, "w") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(CSV_COLUMNS)
+        for run in runs:
+            for i in range(len(run.history["epoch"])):
+                writer.writerow([run.seed, *(run.history[k][i] for k in CSV_COLUMNS[1:])])
+
+
+def read_json(path: Path) -> dict[str, Any] | None:
+    """The parsed file, or None when it is absent or unreadable."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def read_metrics_csv(path: Path) -> list[dict[str, list[float]]]:
+    """metrics.csv back into one history per seed, the shape the curve plots take."""
+    histories: dict[int, dict[str, list[float]]] = {}
+    with open(path, newline="", encoding="utf-8") as fh:
+        for row in csv.DictReader(fh):
+            seed = int(row["seed"])
+            history = histories.setdefault(seed, {"seed": seed, **{k: [] for k in CSV_COLUMNS[1:]}})
+            for key in CSV_COLUMNS[1:]:
+                history[key].append(float(row[key]))
+    return list(histories.values())

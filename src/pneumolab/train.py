@@ -1,0 +1,326 @@
+"""Training every seed of one configuration: stacked into one model, or one after another.
+
+Each seed owns a `torch.Generator` that draws, in order, its initial weights, its
+shuffling every epoch and its dropout masks, so a seed's numbers never depend on
+which other seeds ran beside it, nor on the layout that trained it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Protocol
+
+import numpy as np
+import torch
+
+from pneumolab.config import Config, OptimizerConfig, SchedulerConfig
+from pneumolab.data import Dataset, Split, normalize
+from pneumolab.errors import PneumolabError
+from pneumolab.heads import Head, make_head
+from pneumolab.model import MLP, StackedMLP
+
+EVAL_CHUNK = 2048
+HISTORY_KEYS = ("epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc")
+
+
+@dataclass
+class SeedRun:
+    """What one seed's training produced; test arrays are None when the seed diverged."""
+
+    seed: int
+    history: dict[str, list[float]] = field(default_factory=lambda: {k: [] for k in HISTORY_KEYS})
+    diverged: bool = False
+    epochs_run: int = 0
+    best_epoch: int = 0
+    val_acc: float | None = None
+    test_scores: np.ndarray | None = None
+    test_predictions: np.ndarray | None = None
+
+
+# --- building blocks ---------------------------------------------------------
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise PneumolabError(
+                f"trainer.device={name} was asked for, but this machine has no usable CUDA GPU "
+                f"(torch {torch.__version__}, CUDA build: {torch.version.cuda or 'no'}). "
+                "Use trainer.device=cpu or trainer.device=auto."
+            )
+        index = int(name.split(":")[1]) if ":" in name else 0
+        if index >= torch.cuda.device_count():
+            raise PneumolabError(
+                f"trainer.device={name} names GPU {index}, but only {torch.cuda.device_count()} "
+                "are visible. Pick an existing index or set CUDA_VISIBLE_DEVICES."
+            )
+    return torch.device(name)
+
+
+def make_optimizer(params: list[torch.Tensor], cfg: OptimizerConfig) -> torch.optim.Optimizer:
+    if cfg.name == "adam":
+        return torch.optim.Adam(
+            params, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay, fused=True
+        )
+    if cfg.name == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    raise PneumolabError(f"Unknown optimizer {cfg.name!r}: use optimizer=adam or optimizer=sgd.")
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, cfg: SchedulerConfig, epochs: int):
+    sched = torch.optim.lr_scheduler
+    if cfg.name == "step":
+        return sched.StepLR(optimizer, step_size=cfg.step_size, gamma=cfg.gamma)
+    if cfg.name == "multistep":
+        return sched.MultiStepLR(optimizer, milestones=list(cfg.milestones), gamma=cfg.gamma)
+    if cfg.name == "cosine":
+        return sched.CosineAnnealingLR(optimizer, T_max=cfg.t_max or epochs, eta_min=cfg.eta_min)
+    if cfg.name == "plateau":
+        return sched.ReduceLROnPlateau(optimizer, mode="min", factor=cfg.factor, patience=cfg.patience)
+    if cfg.name == "none":
+        return None
+    raise PneumolabError(f"Unknown scheduler {cfg.name!r}: use step, multistep, cosine, plateau or none.")
+
+
+# --- learners: the two layouts behind one interface -------------------------
+
+
+class Learner(Protocol):
+    # Each optimizer with the indices of the seeds it updates (and whose lr it sets).
+    optimizer_groups: list[tuple[torch.optim.Optimizer, list[int]]]
+
+    def train_step(self, x: torch.Tensor, y: torch.Tensor, active: list[bool]) -> tuple[torch.Tensor, torch.Tensor]:
+        """x (S, B, D), y (S, B) -> per-seed mean loss (S,) and logits (S, B, K); steps active seeds."""
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """x (N, D) -> (S, N, K) in eval mode."""
+
+    def set_training(self, training: bool) -> None: ...
+
+    def state(self, s: int): ...
+
+    def load_state(self, s: int, state) -> None: ...
+
+
+class StackedLearner:
+    """All seeds in one StackedMLP with a hand-written backward.
+
+    One optimizer steps the stacked tensors of all seeds: Adam and SGD act on each
+    element alone, so this equals one optimizer per seed, at a fifth of the
+    per-step overhead. Only a schedule driven by each seed's own validation loss
+    (plateau) needs per-seed learning rates, and then each seed gets an optimizer
+    over views of its slice.
+    """
+
+    def __init__(self, model: StackedMLP, head: Head, optimizer: OptimizerConfig, per_seed_lr: bool,
+                 generators: list[torch.Generator]):
+        self.model, self.head, self.generators = model, head, generators
+        seeds = list(range(model.n_seeds))
+        if per_seed_lr:
+            self.optimizer_groups = [(make_optimizer(model.seed_parameters(s), optimizer), [s]) for s in seeds]
+        else:
+            self.optimizer_groups = [(make_optimizer(model.parameters(), optimizer), seeds)]
+
+    def train_step(self, x, y, active):
+        logits = self.model.forward(x, self.generators)
+        self.model.backward(self.head.loss_grad(logits, y))
+        for opt, seeds in self.optimizer_groups:
+            # A diverged seed sharing an optimizer keeps stepping: its NaNs stay in its own slice.
+            if any(active[s] for s in seeds):
+                opt.step()
+        return self.head.loss(logits, y), logits
+
+    def logits(self, x):
+        return self.model.logits(x)
+
+    def set_training(self, training):
+        self.model.training = training
+
+    def state(self, s):
+        return self.model.state(s)
+
+    def load_state(self, s, state):
+        self.model.load_state(s, state)
+
+
+class ModuleLearner:
+    """One seed as a plain nn.Module trained with autograd: the reference layout."""
+
+    def __init__(self, model: MLP, head: Head, optimizer: OptimizerConfig, generator: torch.Generator):
+        self.model, self.head, self.generator = model, head, generator
+        self.optimizer_groups = [(make_optimizer(list(model.parameters()), optimizer), [0])]
+
+    def train_step(self, x, y, active):
+        logits = self.model(x[0], self.generator)[None]
+        loss = self.head.loss(logits, y)
+        if active[0]:
+            opt = self.optimizer_groups[0][0]
+            opt.zero_grad(set_to_none=True)
+            loss.sum().backward()
+            opt.step()
+        return loss.detach(), logits.detach()
+
+    @torch.no_grad()
+    def logits(self, x):
+        return self.model(x)[None]
+
+    def set_training(self, training):
+        self.model.train(training)
+
+    def state(self, s):
+        return {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+
+    def load_state(self, s, state):
+        self.model.load_state_dict(state)
+
+
+# --- the loop ----------------------------------------------------------------
+
+
+@dataclass
+class DeviceData:
+    """A split on the training device, flattened to (N, D) uint8."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+
+    @classmethod
+    def of(cls, split: Split, device: torch.device) -> "DeviceData":
+        return cls(split.images.flatten(1).to(device), split.labels.to(device))
+
+
+@torch.no_grad()
+def evaluate(learner: Learner, head: Head, data: DeviceData, mean: float, std: float):
+    """Per-seed mean loss (S,), accuracy (S,), pneumonia scores (S, N) and predictions (S, N)."""
+    learner.set_training(False)
+    losses, scores, preds = [], [], []
+    for start in range(0, len(data.labels), EVAL_CHUNK):
+        x = normalize(data.images[start : start + EVAL_CHUNK], mean, std)
+        y = data.labels[start : start + EVAL_CHUNK]
+        logits = learner.logits(x)
+        labels = y.expand(logits.shape[0], -1)
+        losses.append(head.loss(logits, labels) * len(y))
+        scores.append(head.score(logits))
+        preds.append(head.predict(logits))
+    preds_all = torch.cat(preds, dim=1)
+    loss = torch.stack(losses).sum(0) / len(data.labels)
+    acc = (preds_all == data.labels).float().mean(1)
+    return loss, acc, torch.cat(scores, dim=1), preds_all
+
+
+EpochCallback = Callable[[int, int, list[int], list[float]], None]
+
+
+def train_one_epoch(learner: Learner, head: Head, data: DeviceData, generators, batch_size, mean, std, active):
+    """One pass over the training split, each seed in its own order; returns loss and accuracy (S,)."""
+    learner.set_training(True)
+    n = len(data.labels)
+    order = torch.stack([torch.randperm(n, generator=g) for g in generators]).to(data.images.device)
+    loss_sum = torch.zeros(len(generators), device=data.images.device)
+    correct = torch.zeros(len(generators), device=data.images.device)
+    for start in range(0, n, batch_size):
+        idx = order[:, start : start + batch_size]
+        y = data.labels[idx]
+        loss, logits = learner.train_step(normalize(data.images[idx], mean, std), y, active)
+        loss_sum += loss * idx.shape[1]
+        correct += (head.predict(logits) == y).sum(1)
+    return loss_sum / n, correct / n
+
+
+def fit_seeds(
+    learner: Learner,
+    seeds: list[int],
+    generators: list[torch.Generator],
+    settings: Config,
+    head: Head,
+    splits: dict[str, DeviceData],
+    stats: tuple[float, float],
+    on_epoch: EpochCallback | None = None,
+) -> list[SeedRun]:
+    """Train the seeds held by `learner` for trainer.epochs, then evaluate on the test split."""
+    epochs = settings.trainer.epochs
+    runs = [SeedRun(seed) for seed in seeds]
+    schedules = [(make_scheduler(opt, settings.scheduler, epochs), opt, idx) for opt, idx in learner.optimizer_groups]
+    active = [True] * len(seeds)
+    best_val = [-1.0] * len(seeds)
+    best_state = [None] * len(seeds)
+    mean, std = stats
+
+    for epoch in range(1, epochs + 1):
+        lrs = {s: opt.param_groups[0]["lr"] for _, opt, idx in schedules for s in idx}
+        train_loss, train_acc = train_one_epoch(
+            learner, head, splits["train"], generators, settings.data.batch_size, mean, std, active
+        )
+        val_loss, val_acc, _, _ = evaluate(learner, head, splits["val"], mean, std)
+        # The one host sync of the epoch.
+        rows = torch.stack([train_loss, train_acc, val_loss, val_acc]).cpu().tolist()
+        for s, run in enumerate(runs):
+            if not active[s]:
+                for key in HISTORY_KEYS:
+                    run.history[key].append(epoch if key == "epoch" else math.nan)
+                continue
+            values = dict(epoch=epoch, lr=lrs[s], train_loss=rows[0][s], train_acc=rows[1][s],
+                          val_loss=rows[2][s], val_acc=rows[3][s])
+            for key in HISTORY_KEYS:
+                run.history[key].append(values[key])
+            run.epochs_run = epoch
+            if not (math.isfinite(values["train_loss"]) and math.isfinite(values["val_loss"])):
+                run.diverged, active[s] = True, False
+                continue
+            if values["val_acc"] > best_val[s]:
+                best_val[s], run.best_epoch = values["val_acc"], epoch
+                if settings.trainer.eval_checkpoint == "best_val":
+                    best_state[s] = learner.state(s)
+        for scheduler, _, idx in schedules:
+            if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                (s,) = idx
+                if active[s]:
+                    scheduler.step(rows[2][s])
+            elif scheduler is not None:
+                scheduler.step()
+        if on_epoch:
+            on_epoch(epoch, epochs, seeds, [r.history["val_acc"][-1] for r in runs])
+        if not any(active):
+            break
+
+    for s, run in enumerate(runs):
+        if best_state[s] is not None:
+            learner.load_state(s, best_state[s])
+    _, val_acc, _, _ = evaluate(learner, head, splits["val"], mean, std)
+    _, _, scores, preds = evaluate(learner, head, splits["test"], mean, std)
+    val_acc, scores, preds = val_acc.cpu().numpy(), scores.cpu().numpy(), preds.cpu().numpy()
+    for s, run in enumerate(runs):
+        if not run.diverged:
+            run.val_acc = float(val_acc[s])
+            run.test_scores, run.test_predictions = scores[s], preds[s]
+    return runs
+
+
+def fit(settings: Config, dataset: Dataset, device: torch.device, on_epoch: EpochCallback | None = None) -> list[SeedRun]:
+    """Train every seed of `settings.trainer.seeds` on `dataset`."""
+    head = make_head(settings.head.name)
+    in_features = int(np.prod(dataset.image_shape))
+    stats = dataset.pixel_stats()
+    splits = {name: DeviceData.of(split, device) for name, split in dataset.splits().items()}
+    seeds = list(settings.trainer.seeds)
+
+    def seeded_mlp(seed: int) -> tuple[MLP, torch.Generator]:
+        generator = torch.Generator().manual_seed(seed)
+        return MLP(settings.model, in_features, head.n_outputs, generator), generator
+
+    if settings.trainer.batched_seeds:
+        mlps, generators = zip(*(seeded_mlp(seed) for seed in seeds))
+        per_seed_lr = settings.scheduler.name == "plateau"
+        model = StackedMLP(list(mlps), device)
+        learner = StackedLearner(model, head, settings.optimizer, per_seed_lr, list(generators))
+        return fit_seeds(learner, seeds, list(generators), settings, head, splits, stats, on_epoch)
+
+    runs = []
+    for seed in seeds:
+        mlp, generator = seeded_mlp(seed)
+        learner = ModuleLearner(mlp.to(device), head, settings.optimizer, generator)
+        runs += fit_seeds(learner, [seed], [generator], settings, head, splits, stats, on_epoch)
+    return runs
