@@ -1,0 +1,163 @@
+"""Metrics and statistics checked against values worked out by hand."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from pneumolab.metrics import binary_metrics, roc_curve, summarize, welch_ttest
+
+
+def test_confusion_example_by_hand():
+    # 5 pneumonia, 3 normal. Predictions: 3 of 5 pneumonia caught, 1 of 3 normal flagged.
+    labels = np.array([1, 1, 1, 1, 1, 0, 0, 0])
+    pred = np.array([1, 1, 1, 0, 0, 1, 0, 0])
+    scores = np.array([0.9, 0.8, 0.7, 0.4, 0.3, 0.6, 0.2, 0.1])
+    m = binary_metrics(labels, scores, pred)
+    assert m["confusion"] == [[2, 1], [2, 3]]  # [[tn, fp], [fn, tp]]
+    assert m["acc"] == pytest.approx(5 / 8)
+    assert m["sensitivity"] == pytest.approx(3 / 5)
+    assert m["specificity"] == pytest.approx(2 / 3)
+    # precision 3/4, recall 3/5 -> F1 = 2 * 0.75 * 0.6 / 1.35 = 2/3
+    assert m["f1"] == pytest.approx(2 / 3)
+    # 15 positive-negative pairs; the only misordered one is 0.6 (normal) over 0.4 and 0.3.
+    assert m["auc"] == pytest.approx(13 / 15)
+
+
+def test_results_are_plain_python_and_serialize():
+    m = binary_metrics(np.array([0, 1, 1]), np.array([0.2, 0.7, 0.4]), np.array([0, 1, 0]))
+    json.dumps(m)
+    assert all(isinstance(v, int) for row in m["confusion"] for v in row)
+    for key in ("acc", "auc", "sensitivity", "specificity", "f1"):
+        assert type(m[key]) is float and 0.0 <= m[key] <= 1.0
+
+
+def test_auc_with_ties_by_hand():
+    labels = np.array([0, 0, 1, 1, 0, 1])
+    scores = np.array([0.1, 0.4, 0.4, 0.8, 0.6, 0.6])
+    # Positives 0.4, 0.8, 0.6 against negatives 0.1, 0.4, 0.6 (a tie counts 1/2):
+    # 0.4 -> 1 + 0.5 + 0 ; 0.8 -> 3 ; 0.6 -> 1 + 1 + 0.5  => 7 of 9 pairs.
+    auc = binary_metrics(labels, scores, scores > 0.5)["auc"]
+    assert auc == pytest.approx(7 / 9)
+
+
+def _pairwise_auc(labels: np.ndarray, scores: np.ndarray) -> float:
+    pos, neg = scores[labels == 1], scores[labels == 0]
+    diff = pos[:, None] - neg[None, :]
+    return float(((diff > 0) + 0.5 * (diff == 0)).mean())
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_auc_matches_pairwise_definition_on_random_data(seed):
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 2, size=200)
+    # Rounding to one decimal forces many ties, within and across the classes.
+    scores = np.round(np.clip(rng.normal(0.4 + 0.2 * labels, 0.25), 0, 1), 1)
+    auc = binary_metrics(labels, scores, scores > 0.5)["auc"]
+    assert auc == pytest.approx(_pairwise_auc(labels, scores), abs=1e-12)
+
+
+def test_undefined_values_are_none():
+    only_pos = binary_metrics(np.array([1, 1]), np.array([0.2, 0.9]), np.array([0, 1]))
+    assert only_pos["auc"] is None and only_pos["specificity"] is None
+    assert only_pos["sensitivity"] == 0.5
+    only_neg = binary_metrics(np.array([0, 0]), np.array([0.2, 0.9]), np.array([0, 0]))
+    assert only_neg["auc"] is None and only_neg["sensitivity"] is None
+    assert only_neg["specificity"] == 1.0 and only_neg["f1"] == 0.0
+    diverged = binary_metrics(np.array([0, 1]), np.array([np.nan, np.nan]), np.array([0, 0]))
+    assert diverged["auc"] is None and diverged["acc"] == 0.5
+
+
+def test_bad_inputs_raise():
+    with pytest.raises(ValueError, match="length"):
+        binary_metrics(np.array([0, 1]), np.array([0.5]), np.array([0, 1]))
+    with pytest.raises(ValueError, match="0 and 1"):
+        binary_metrics(np.array([0, 2]), np.array([0.5, 0.5]), np.array([0, 1]))
+
+
+def test_roc_curve_by_hand_with_ties():
+    labels = np.array([0, 0, 1, 1, 0, 1])
+    scores = np.array([0.1, 0.4, 0.4, 0.8, 0.6, 0.6])
+    fpr, tpr = roc_curve(labels, scores)
+    # Thresholds 0.8 | 0.6 (one pos, one neg) | 0.4 (one pos, one neg) | 0.1
+    np.testing.assert_allclose(fpr, [0, 0, 1 / 3, 2 / 3, 1])
+    np.testing.assert_allclose(tpr, [0, 1 / 3, 2 / 3, 1, 1])
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_roc_area_equals_auc(seed):
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 2, size=150)
+    scores = np.round(rng.random(150) + 0.3 * labels, 1)
+    fpr, tpr = roc_curve(labels, scores)
+    assert (fpr[0], tpr[0], fpr[-1], tpr[-1]) == (0, 0, 1, 1)
+    assert np.all(np.diff(fpr) >= 0) and np.all(np.diff(tpr) >= 0)
+    area = float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2))
+    assert area == pytest.approx(binary_metrics(labels, scores, scores > 0.5)["auc"])
+
+
+def test_roc_curve_undefined_cases_raise():
+    with pytest.raises(ValueError, match="both classes"):
+        roc_curve(np.array([1, 1]), np.array([0.1, 0.2]))
+    with pytest.raises(ValueError, match="NaN"):
+        roc_curve(np.array([0, 1]), np.array([0.1, np.nan]))
+
+
+def test_summarize_by_hand():
+    s = summarize([0.70, 0.74, 0.78, 0.72, 0.76])
+    # deviations -.04 .00 .04 -.02 .02 -> squares sum .004, / (n-1) = .001
+    std = math.sqrt(0.001)
+    t_975_df4 = 2.776445105  # Student-t table, two-sided 95 %, 4 degrees of freedom
+    half = t_975_df4 * std / math.sqrt(5)
+    assert s["n"] == 5
+    assert s["mean"] == pytest.approx(0.74)
+    assert s["std"] == pytest.approx(std)
+    assert s["ci95_low"] == pytest.approx(0.74 - half, abs=1e-8)
+    assert s["ci95_high"] == pytest.approx(0.74 + half, abs=1e-8)
+    json.dumps(s)
+
+
+def test_summarize_ignores_missing_and_handles_small_n():
+    assert summarize([0.7, None, float("nan"), 0.8]) == summarize([0.7, 0.8])
+    assert summarize([0.7, None]) == {"mean": 0.7, "std": 0.0, "ci95_low": 0.7, "ci95_high": 0.7, "n": 1}
+    assert summarize([None, float("nan")]) == {
+        "mean": None, "std": None, "ci95_low": None, "ci95_high": None, "n": 0,
+    }
+    assert summarize([])["n"] == 0
+
+
+def test_welch_by_hand():
+    a, b = [1.0, 2.0, 3.0], [4.0, 6.0, 8.0]
+    # means 2 and 6, sample variances 1 and 4, n = 3 each
+    se = math.sqrt(1 / 3 + 4 / 3)
+    t = (2 - 6) / se  # -3.0984
+    df = (5 / 3) ** 2 / ((1 / 3) ** 2 / 2 + (4 / 3) ** 2 / 2)  # Welch–Satterthwaite: 50/17
+    r = welch_ttest(a, b)
+    assert r["diff"] == pytest.approx(-4.0)
+    assert r["t"] == pytest.approx(t)
+    assert r["p"] == pytest.approx(2 * stats.t.sf(abs(t), df))
+    assert r["p"] == pytest.approx(0.0548, abs=1e-4)
+    assert r["significant"] is False
+    json.dumps(r)
+
+
+def test_welch_clear_difference_is_significant():
+    r = welch_ttest([0.80, 0.81, 0.82, 0.80, 0.81], [0.70, 0.71, 0.69, 0.70, 0.72])
+    assert r["diff"] > 0 and r["p"] < 0.001 and r["significant"] is True
+
+
+def test_welch_zero_variance_and_small_n():
+    same = welch_ttest([0.1, 0.1, 0.1], [0.1, 0.1])
+    assert same == {"diff": 0.0, "t": None, "p": 1.0, "significant": False}
+    apart = welch_ttest([0.8, 0.8], [0.7, 0.7, 0.7])
+    assert apart["p"] == 0.0 and apart["significant"] is True and apart["diff"] == pytest.approx(0.1)
+    one = welch_ttest([0.8], [0.7, 0.75])
+    assert one == {"diff": pytest.approx(0.075), "t": None, "p": None, "significant": False}
+    empty = welch_ttest([], [0.7, 0.75])
+    assert empty == {"diff": None, "t": None, "p": None, "significant": False}
+    with_missing = welch_ttest([1.0, None, 2.0, 3.0, float("nan")], [4.0, 6.0, 8.0])
+    assert with_missing == welch_ttest([1.0, 2.0, 3.0], [4.0, 6.0, 8.0])
