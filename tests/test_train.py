@@ -1,0 +1,108 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from pneumolab.config import (
+    AdamConfig, Config, HeadConfig, MLPConfig, PhantomDataConfig, PlateauSchedulerConfig, SGDConfig,
+    StepSchedulerConfig, TrainerConfig,
+)
+from pneumolab.data import Dataset, Split
+from pneumolab.train import fit
+
+
+def toy_split(n: int, gen: torch.Generator) -> Split:
+    """Class 1 is brighter on the left half, with noise so the task is learnable but not trivial."""
+    labels = torch.randint(0, 2, (n,), generator=gen)
+    images = torch.rand(n, 1, 8, 8, generator=gen) * 160
+    images[:, :, :, :4] += labels[:, None, None, None] * 40
+    return Split(images.to(torch.uint8), labels)
+
+
+@pytest.fixture(scope="module")
+def toy() -> Dataset:
+    gen = torch.Generator().manual_seed(123)
+    return Dataset(toy_split(150, gen), toy_split(40, gen), toy_split(60, gen), "toy")
+
+
+def settings(**overrides) -> Config:
+    parts = dict(
+        model=MLPConfig(hidden_sizes=[16, 16, 16]),
+        head=HeadConfig("ce"),
+        data=PhantomDataConfig(batch_size=16),
+        optimizer=AdamConfig(lr=3e-3),
+        scheduler=StepSchedulerConfig(step_size=2, gamma=0.5),
+        trainer=TrainerConfig(epochs=4, seeds=[0, 1, 2]),
+    )
+    parts.update(overrides)
+    return Config(**parts)
+
+
+def run_numbers(runs):
+    return [(r.seed, r.history["train_loss"], r.history["val_acc"], r.history["lr"], r.val_acc) for r in runs]
+
+
+@pytest.mark.parametrize(
+    "variant",
+    [
+        {},
+        {"head": HeadConfig("bce")},
+        {"model": MLPConfig(hidden_sizes=[16, 8], dropout=0.3, negative_slope=0.1)},
+        {"optimizer": SGDConfig(lr=0.05, momentum=0.9, weight_decay=1e-3)},
+        {"scheduler": PlateauSchedulerConfig(factor=0.5, patience=0)},
+    ],
+    ids=["ce", "bce", "dropout", "sgd", "plateau"],
+)
+def test_stacked_and_sequential_layouts_agree_per_seed(toy, variant):
+    stacked = fit(settings(**variant), toy, torch.device("cpu"))
+    sequential = fit(settings(**variant, trainer=TrainerConfig(epochs=4, seeds=[0, 1, 2], batched_seeds=False)),
+                     toy, torch.device("cpu"))
+    for a, b in zip(stacked, sequential):
+        assert a.seed == b.seed
+        np.testing.assert_allclose(a.history["train_loss"], b.history["train_loss"], rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(a.history["val_loss"], b.history["val_loss"], rtol=1e-4, atol=1e-5)
+        assert a.history["lr"] == pytest.approx(b.history["lr"])
+        np.testing.assert_allclose(a.test_scores, b.test_scores, atol=1e-4)
+    # The task is learnable: training loss falls for every seed.
+    assert all(r.history["train_loss"][-1] < r.history["train_loss"][0] for r in stacked)
+
+
+def test_a_seed_does_not_depend_on_its_neighbours(toy):
+    together = fit(settings(), toy, torch.device("cpu"))
+    alone = fit(settings(trainer=TrainerConfig(epochs=4, seeds=[2])), toy, torch.device("cpu"))
+    assert run_numbers([together[2]]) == run_numbers(alone)
+
+
+def test_same_seed_is_bitwise_repeatable_and_seeds_differ(toy):
+    first = fit(settings(), toy, torch.device("cpu"))
+    second = fit(settings(), toy, torch.device("cpu"))
+    assert run_numbers(first) == run_numbers(second)
+    assert all(np.array_equal(a.test_scores, b.test_scores) for a, b in zip(first, second))
+    assert first[0].history["train_loss"] != first[1].history["train_loss"]
+
+
+def test_step_schedule_is_logged_per_epoch(toy):
+    runs = fit(settings(), toy, torch.device("cpu"))
+    assert runs[0].history["lr"] == pytest.approx([3e-3, 3e-3, 1.5e-3, 1.5e-3])
+    assert runs[0].history["epoch"] == [1, 2, 3, 4]
+
+
+def test_best_val_checkpoint_reports_the_best_epoch(toy):
+    runs = fit(settings(trainer=TrainerConfig(epochs=4, seeds=[0, 1], eval_checkpoint="best_val")), toy,
+               torch.device("cpu"))
+    for run in runs:
+        best = max(run.history["val_acc"])
+        assert run.val_acc == pytest.approx(best)
+        assert run.history["val_acc"][run.best_epoch - 1] == best
+
+
+def test_divergence_is_recorded_and_other_seeds_go_on(toy):
+    # A huge SGD step blows up every seed but the loop must finish and say so.
+    runs = fit(settings(optimizer=SGDConfig(lr=1e4, momentum=0.9)), toy, torch.device("cpu"))
+    assert all(r.diverged for r in runs)
+    for run in runs:
+        assert run.test_scores is None and run.val_acc is None
+        assert 1 <= run.epochs_run <= 4
+        assert not math.isfinite(run.history["train_loss"][run.epochs_run - 1])
+        assert all(math.isnan(v) for v in run.history["val_acc"][run.epochs_run :])
