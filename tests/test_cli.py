@@ -1,0 +1,124 @@
+"""`pneumolab` as users run it: a real subprocess, real files."""
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import pneumolab_command, subprocess_env
+
+PER_SEED_KEYS = {
+    "seed", "test_acc", "test_auc", "test_sensitivity", "test_specificity", "test_f1", "test_confusion",
+    "val_acc", "epochs_run", "diverged",
+}
+SUMMARY_KEYS = {"test_acc", "test_auc", "test_sensitivity", "test_specificity", "val_acc"}
+
+
+def run_pneumolab(cwd: Path, *overrides: str) -> subprocess.CompletedProcess:
+    return subprocess.run([*pneumolab_command(), *overrides], cwd=cwd, env=subprocess_env(),
+                          capture_output=True, text=True, timeout=300)
+
+
+def check_job_outputs(job: Path, seeds: list[int], epochs: int) -> dict:
+    results = json.loads((job / "results.json").read_text())
+    assert results["seeds"] == seeds
+    assert {e["seed"] for e in results["per_seed"]} == set(seeds)
+    n_test = None
+    for entry in results["per_seed"]:
+        assert PER_SEED_KEYS <= entry.keys()
+        assert entry["diverged"] is False and entry["epochs_run"] == epochs
+        for key in ("test_acc", "test_auc", "test_sensitivity", "test_specificity", "test_f1", "val_acc"):
+            assert 0.0 <= entry[key] <= 1.0, key
+        (tn, fp), (fn, tp) = entry["test_confusion"]
+        n_test = n_test or tn + fp + fn + tp
+        assert tn + fp + fn + tp == n_test
+        assert entry["test_acc"] == pytest.approx((tn + tp) / n_test)
+        assert entry["test_sensitivity"] == pytest.approx(tp / (tp + fn))
+        assert entry["test_specificity"] == pytest.approx(tn / (tn + fp))
+    assert SUMMARY_KEYS <= results["summary"].keys()
+    for key in SUMMARY_KEYS:
+        values = [e[key] for e in results["per_seed"]]
+        stats = results["summary"][key]
+        assert stats["n"] == len(seeds)
+        assert stats["mean"] == pytest.approx(np.mean(values))
+        assert stats["std"] == pytest.approx(np.std(values, ddof=1))
+        assert stats["ci95_low"] <= stats["mean"] <= stats["ci95_high"]
+    assert results["wall_seconds"] > 0 and results["device"] == "cpu"
+    assert {"torch", "pneumolab", "python"} <= results["versions"].keys()
+
+    lines = (job / "metrics.csv").read_text().splitlines()
+    assert lines[0] == "seed,epoch,lr,train_loss,train_acc,val_loss,val_acc"
+    rows = [line.split(",") for line in lines[1:]]
+    assert [(int(r[0]), int(r[1])) for r in rows] == [(s, e) for s in seeds for e in range(1, epochs + 1)]
+    last_val = {int(r[0]): float(r[6]) for r in rows if int(r[1]) == epochs}
+    for entry in results["per_seed"]:
+        assert entry["val_acc"] == pytest.approx(last_val[entry["seed"]])  # eval_checkpoint=last
+    for png in ("curves.png", "roc.png"):
+        with Image.open(job / png) as img:
+            assert img.format == "PNG" and img.width > 300
+    return results
+
+
+def test_phantom_run_writes_every_output(tmp_path):
+    job = tmp_path / "run"
+    proc = run_pneumolab(tmp_path, "trainer.epochs=3", "trainer.seeds=[0,1]", "data.limit_per_class=80",
+                         "head=ce", f"hydra.run.dir={job}")
+    assert proc.returncode == 0, proc.stderr
+    results = check_job_outputs(job, [0, 1], 3)
+    assert results["config"]["head"]["name"] == "ce"
+    assert results["config"]["data"]["limit_per_class"] == 80
+    assert "head=ce" in results["overrides"]
+
+
+def test_same_command_gives_identical_numbers(tmp_path):
+    args = ("trainer.epochs=2", "trainer.seeds=[3]", "data.limit_per_class=40")
+    per_seed = []
+    for name in ("a", "b"):
+        assert run_pneumolab(tmp_path, *args, f"hydra.run.dir={tmp_path / name}").returncode == 0
+        per_seed.append(json.loads((tmp_path / name / "results.json").read_text())["per_seed"])
+    assert per_seed[0] == per_seed[1]
+
+
+def copy_tiny_xray(src: Path, dst: Path, per_class: int) -> None:
+    for split in ("train", "test"):
+        for cls in ("NORMAL", "PNEUMONIA"):
+            target = dst / split / cls
+            target.mkdir(parents=True)
+            for path in sorted((src / split / cls).iterdir())[:per_class]:
+                shutil.copy(path, target / path.name)
+
+
+def test_real_images_smoke_run(tmp_path, shared_xray):
+    root = tmp_path / "xray"
+    copy_tiny_xray(shared_xray, root, per_class=10)
+    job = tmp_path / "run"
+    proc = run_pneumolab(tmp_path, "data=folder", f"data.root={root}", "trainer.epochs=2", "trainer.seeds=[0,1]",
+                         "data.batch_size=4", f"hydra.run.dir={job}")
+    assert proc.returncode == 0, proc.stderr
+    results = check_job_outputs(job, [0, 1], 2)
+    assert sum(map(sum, results["per_seed"][0]["test_confusion"])) == 20
+    assert "folder" in results["data"]
+
+
+@pytest.mark.parametrize(
+    "overrides, needle",
+    [
+        (["data=folder", "data.root=/nonexistent/chest_xray"], "/nonexistent/chest_xray"),
+        (["data.batch_size=0"], "data.batch_size"),
+        (["scheduler.step_size=0"], "scheduler.step_size"),
+        (["trainer.seeds=[]"], "trainer.seeds"),
+        (["trainer.device=cuda:7"], "trainer.device"),
+        (["head=mse"], "head"),
+    ],
+)
+def test_bad_input_gives_one_clear_message_and_no_results(tmp_path, overrides, needle):
+    job = tmp_path / "run"
+    proc = run_pneumolab(tmp_path, *overrides, f"hydra.run.dir={job}")
+    assert proc.returncode != 0
+    assert needle in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (job / "results.json").exists()
