@@ -38,6 +38,7 @@ class MLPConfig:
         _require(self.name == "mlp", "model.name", self.name, "the only model is 'mlp' (model=mlp).")
         _require(len(self.hidden_sizes) > 0 and all(h >= 1 for h in self.hidden_sizes),
                  "model.hidden_sizes", self.hidden_sizes, "give one or more layer widths >= 1, e.g. [128,128,128].")
+        _require(self.negative_slope >= 0, "model.negative_slope", self.negative_slope, "use a slope >= 0, e.g. 0.01.")
         _require(0.0 <= self.dropout < 1.0, "model.dropout", self.dropout, "use a probability in [0, 1).")
 
 

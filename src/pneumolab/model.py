@@ -127,8 +127,9 @@ class StackedMLP:
             g = torch.bmm(g, self.weights[l].transpose(1, 2))
             if self._masks:
                 g.mul_(self._masks[l - 1])
-            # a = leaky_relu(z), so a > 0 exactly where z > 0.
-            g = torch.where(self._saved[l] > 0, g, g * self.negative_slope)
+            # `a` is leaky_relu's output (times a dropout mask that already zeroed g where it is 0),
+            # positive exactly where its input was: the self_is_result form of the backward.
+            g = torch.ops.aten.leaky_relu_backward(g, a, self.negative_slope, True)
         self._saved, self._masks = [], []
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,206 @@
+"""Speed and memory of pneumolab against the plain PyTorch loop, measured side by side.
+
+    python scripts/bench.py                 # everything (a few minutes on 2 cores)
+    python scripts/bench.py --skip-report --skip-folder
+
+The reference is the loop a course notebook writes: per-item PIL images through
+torchvision transforms and a DataLoader, one nn.Module per seed. It runs at
+whichever of 1 or 2 threads is faster for it; pneumolab runs as users run it.
+Both train on the same phantom data (PneumoniaMNIST sizes, 28 px) with the same
+settings, and every figure printed is a ratio of numbers taken in this one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))
+
+from pneumolab.config import (  # noqa: E402
+    AdamConfig, Config, FolderDataConfig, HeadConfig, MLPConfig, PhantomDataConfig, StepSchedulerConfig, TrainerConfig,
+)
+from pneumolab.data import Dataset, load_data  # noqa: E402
+from pneumolab.train import fit  # noqa: E402
+
+SEEDS = [0, 1, 2, 3, 4]
+
+
+# --- the reference: a plain PyTorch loop ------------------------------------
+
+
+def plain_loop_seconds_per_seed_epoch(dataset: Dataset, batch_size: int, epochs: int, threads: int) -> float:
+    from PIL import Image
+    from torchvision import transforms
+
+    torch.set_num_threads(threads)
+    mean, std = dataset.pixel_stats()
+    transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize([mean], [std])])
+
+    class ImageList(torch.utils.data.Dataset):
+        def __init__(self, split):
+            self.images = [Image.fromarray(img[0].numpy()) for img in split.images]
+            self.labels = split.labels.tolist()
+
+        def __len__(self):
+            return len(self.labels)
+
+        def __getitem__(self, i):
+            return transform(self.images[i]), self.labels[i]
+
+    train = torch.utils.data.DataLoader(ImageList(dataset.train), batch_size=batch_size, shuffle=True)
+    val = torch.utils.data.DataLoader(ImageList(dataset.val), batch_size=batch_size)
+    torch.manual_seed(0)
+    d = int(np.prod(dataset.image_shape))
+    model = nn.Sequential(nn.Flatten(), nn.Linear(d, 128), nn.LeakyReLU(0.01), nn.Linear(128, 128), nn.LeakyReLU(0.01),
+                          nn.Linear(128, 128), nn.LeakyReLU(0.01), nn.Linear(128, 2))
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=10, gamma=0.1)
+    loss_fn = nn.CrossEntropyLoss()
+    start = time.perf_counter()
+    for _ in range(epochs):
+        model.train()
+        for x, y in train:
+            optimizer.zero_grad()
+            loss = loss_fn(model(x), y)
+            loss.backward()
+            optimizer.step()
+        model.eval()
+        with torch.no_grad():
+            correct = sum((model(x).argmax(1) == y).sum().item() for x, y in val)
+        scheduler.step()
+    assert 0 <= correct <= len(dataset.val)
+    return (time.perf_counter() - start) / epochs
+
+
+# --- pneumolab ---------------------------------------------------------------
+
+
+def settings(batch_size: int, epochs: int, **trainer) -> Config:
+    return Config(model=MLPConfig(), head=HeadConfig("ce"), data=PhantomDataConfig(batch_size=batch_size),
+                  optimizer=AdamConfig(), scheduler=StepSchedulerConfig(),
+                  trainer=TrainerConfig(epochs=epochs, seeds=SEEDS, **trainer))
+
+
+def pneumolab_seconds_per_seed_epoch(dataset: Dataset, batch_size: int, epochs: int, **trainer) -> float:
+    torch.set_num_threads(trainer.pop("threads", None) or 1)
+    start = time.perf_counter()
+    fit(settings(batch_size, epochs, **trainer), dataset, torch.device("cpu"))
+    return (time.perf_counter() - start) / (epochs * len(SEEDS))
+
+
+def training_flop_per_seed_epoch(dataset: Dataset, hidden: list[int], outputs: int) -> float:
+    """Matmul FLOPs of one epoch: forward, weight and input gradients (none for the input layer), val pass."""
+    sizes = [int(np.prod(dataset.image_shape)), *hidden, outputs]
+    macs = [a * b for a, b in zip(sizes[:-1], sizes[1:])]
+    per_train_sample = 2 * sum(macs) + 2 * sum(macs) + 2 * sum(macs[1:])
+    return per_train_sample * len(dataset.train) + 2 * sum(macs) * len(dataset.val)
+
+
+def single_core_sgemm_flops() -> float:
+    torch.set_num_threads(1)
+    a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
+    best = float("inf")
+    for _ in range(7):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2 * 1024**3 / best
+
+
+# --- whole-program measurements (subprocesses) -------------------------------
+
+
+def timed(cmd: list[str], cwd: Path) -> tuple[float, int]:
+    """Wall seconds and peak RSS (bytes, the child or any process it waited for) of one child process."""
+    with tempfile.TemporaryFile() as log:
+        start = time.perf_counter()
+        proc = subprocess.Popen(cmd, cwd=cwd, stdout=log, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - start
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        if proc.returncode != 0:
+            log.seek(0)
+            raise SystemExit(f"bench: {' '.join(cmd)} failed:\n{log.read().decode()[-3000:]}")
+    return wall, usage.ru_maxrss * 1024
+
+
+def folder_load_seconds(root: Path, cache: Path, image_size: int) -> float:
+    code = (
+        "import time,sys; sys.path.insert(0, %r)\n"
+        "from pneumolab.config import FolderDataConfig\nfrom pneumolab.data import load_data\n"
+        "t=time.perf_counter(); load_data(FolderDataConfig(root=%r, image_size=%d, cache_dir=%r))\n"
+        "print(time.perf_counter()-t)"
+    ) % (str(REPO / "src"), str(root), image_size, str(cache))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    return float(out.split()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--epochs", type=int, default=3, help="epochs per timing (rates are per seed-epoch)")
+    parser.add_argument("--root", type=Path, default=REPO.parent / "shared" / "data" / "chest_xray")
+    parser.add_argument("--skip-report", action="store_true", help="skip the full-report wall time")
+    parser.add_argument("--skip-folder", action="store_true", help="skip the image cache and 224 px memory checks")
+    args = parser.parse_args()
+
+    dataset = load_data(PhantomDataConfig())
+    print(f"data: {dataset.source}, train/val/test {len(dataset.train)}/{len(dataset.val)}/{len(dataset.test)}; "
+          f"{args.epochs} epochs per timing, {len(SEEDS)} seeds, torch {torch.__version__}")
+    rows = []
+
+    plain = {t: plain_loop_seconds_per_seed_epoch(dataset, 32, args.epochs, t) for t in (1, 2)}
+    best_threads = min(plain, key=plain.get)
+    ours32 = pneumolab_seconds_per_seed_epoch(dataset, 32, args.epochs)
+    sequential32 = pneumolab_seconds_per_seed_epoch(dataset, 32, args.epochs, batched_seeds=False)
+    for t, s in plain.items():
+        rows.append((f"plain loop, batch 32, {t} thread{'s' * (t > 1)}", f"{s:.3f} s/seed-epoch"))
+    rows.append(("pneumolab, batch 32, seeds one by one", f"{sequential32:.3f} s/seed-epoch"))
+    rows.append(("pneumolab, batch 32 (default)", f"{ours32:.3f} s/seed-epoch"))
+    rows.append(("  speed-up over the plain loop", f"{plain[best_threads] / ours32:.1f}x  (target >= 10x)"))
+
+    ours128 = pneumolab_seconds_per_seed_epoch(dataset, 128, args.epochs)
+    flop = training_flop_per_seed_epoch(dataset, [128, 128, 128], 2)
+    achieved, peak = flop / ours128, single_core_sgemm_flops()
+    rows.append(("pneumolab, batch 128 (default)", f"{ours128:.3f} s/seed-epoch"))
+    rows.append(("  achieved vs single-core sgemm", f"{achieved / 1e9:.1f} / {peak / 1e9:.1f} GFLOP/s "
+                 f"= {100 * achieved / peak:.0f} %  (target >= 40 %)"))
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        if not args.skip_report:
+            wall, _ = timed([sys.executable, str(REPO / "scripts" / "reproduce_report.py"), "--out", str(tmp / "report")],
+                            cwd=tmp)
+            report = json.loads((tmp / "report" / "report.json").read_text()) if (tmp / "report" / "report.json").exists() else None
+            rows.append(("full report, 8 settings x 5 seeds x 30 epochs", f"{wall:.1f} s wall  (target <= 60 s)"))
+            if report:
+                rows.append(("  (as recorded by the report)", f"{report.get('wall_seconds', float('nan')):.1f} s"))
+        if not args.skip_folder and args.root.is_dir():
+            cache = tmp / "cache"
+            cold = folder_load_seconds(args.root, cache, 28)
+            warm = folder_load_seconds(args.root, cache, 28)
+            rows.append((f"folder {args.root.name} at 28 px, first load (decode)", f"{cold:.2f} s"))
+            rows.append(("  second load (cache)", f"{warm:.2f} s  (target < 2 s)"))
+            _, rss = timed([sys.executable, "-m", "pneumolab.cli", "data=folder", f"data.root={args.root}",
+                            "data.image_size=224", f"data.cache_dir={cache}", "trainer.epochs=1",
+                            f"hydra.run.dir={tmp / 'run224'}"], cwd=tmp)
+            rows.append(("peak RSS of a 224 px folder run (5 seeds)", f"{rss / 2**30:.2f} GiB  (target <= 2 GiB)"))
+
+    width = max(len(name) for name, _ in rows)
+    for name, value in rows:
+        print(f"{name:<{width}}  {value}")
+
+
+if __name__ == "__main__":
+    main()
