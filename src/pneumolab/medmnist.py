@@ -1,0 +1,206 @@
+"""PneumoniaMNIST (MedMNIST v2) from its npz: a local file, or downloaded once into the cache.
+
+The npz holds `{train,val,test}_images` (N, H, W) uint8 and `{train,val,test}_labels`
+(N, 1) with 1 = pneumonia, which is already this package's convention.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import logging
+import os
+import tempfile
+import urllib.error
+import urllib.request
+import zipfile
+import zlib
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pneumolab.config import PneumoniaMNISTDataConfig
+from pneumolab.data import Dataset, Split
+from pneumolab.errors import PneumolabError
+
+log = logging.getLogger(__name__)
+
+# Official checksums per image size, from the medmnist package 3.0.2,
+# medmnist/info.py, INFO["pneumoniamnist"]["MD5"], ["MD5_64"], ["MD5_128"], ["MD5_224"]
+# (https://github.com/MedMNIST/MedMNIST/blob/main/medmnist/info.py).
+MD5 = {
+    28: "28209eda62fecd6e6a2d98b1501bb15f",
+    64: "8f4eceb4ccffa70c672198ea285246c6",
+    128: "05b46931834c231683c68f40c47b2971",
+    224: "d6a3c71de1b945ea11211b03746c1fe1",
+}
+RECORD_PAGE = "https://zenodo.org/records/10519652"
+SPLITS = ("train", "val", "test")
+DOWNLOAD_TIMEOUT_S = 60.0
+
+
+def load_pneumoniamnist(cfg: PneumoniaMNISTDataConfig) -> Dataset:
+    if cfg.path is not None:
+        path = Path(cfg.path).expanduser()
+        if not path.is_file():
+            raise PneumolabError(
+                f"data.path={cfg.path!r} does not exist or is not a file. Point data.path at a "
+                f"PneumoniaMNIST npz (e.g. pneumoniamnist.npz from {RECORD_PAGE}), or drop data.path "
+                "to download it automatically."
+            )
+    else:
+        path = fetch(cfg)
+    splits = read_npz(path)
+    size = splits["train"].images.shape[-1]
+    return Dataset(**splits, source=f"pneumoniamnist {path} ({size} px)")
+
+
+def fetch(cfg: PneumoniaMNISTDataConfig) -> Path:
+    """The cached npz for `cfg.size`, downloaded and checked first if it is not there yet."""
+    suffix = "" if cfg.size == 28 else f"_{cfg.size}"
+    dest = cfg.resolved_cache_dir() / f"pneumoniamnist{suffix}.npz"
+    if not dest.is_file():
+        download(cfg.url.format(suffix=suffix), dest, MD5[cfg.size])
+    return dest
+
+
+def download(url: str, dest: Path, md5: str, timeout: float = DOWNLOAD_TIMEOUT_S) -> None:
+    """Stream `url` to `dest`, which appears only once its MD5 matches.
+
+    The bytes go to a uniquely named temp file beside `dest`, so concurrent
+    downloads of the same file do not collide, and a failed or corrupt
+    download leaves nothing behind.
+    """
+    by_hand = (
+        f"Download it by hand from {url} (listed on {RECORD_PAGE}), check that its MD5 is {md5}, "
+        f"and pass data.path=/path/to/{dest.name}."
+    )
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+    except OSError as exc:
+        raise PneumolabError(
+            f"Cannot write the download cache {dest.parent} ({exc.strerror or exc}). Set data.cache_dir "
+            f"(or $PNEUMOLAB_DATA) to a writable folder, or: {by_hand}"
+        ) from None
+    tmp = Path(tmp_name)
+    try:
+        log.info("Downloading %s to %s", url, dest)
+        digest = hashlib.md5()
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
+            while chunk := response.read(1 << 20):
+                digest.update(chunk)
+                out.write(chunk)
+        actual = digest.hexdigest()
+        if actual != md5:
+            raise PneumolabError(
+                f"The file downloaded from {url} has MD5 {actual}, expected {md5}: it is corrupt or not "
+                f"the official release, so it was deleted. Try again later, or: {by_hand}"
+            )
+        os.replace(tmp, dest)
+    except urllib.error.HTTPError as exc:
+        raise PneumolabError(f"Could not download {url}: the server answered HTTP {exc.code} ({exc.reason}). {by_hand}") from None
+    except (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError, ValueError) as exc:
+        reason = getattr(exc, "reason", None) or exc
+        raise PneumolabError(
+            f"Could not download {url} ({reason}); check the network connection. {by_hand}"
+        ) from None
+    except OSError as exc:
+        raise PneumolabError(
+            f"Could not write {dest} ({exc.strerror or exc}). Free some disk space or set data.cache_dir "
+            f"(or $PNEUMOLAB_DATA) to another folder, or: {by_hand}"
+        ) from None
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def read_npz(path: Path) -> dict[str, Split]:
+    """The three splits of a MedMNIST-format npz, checked key by key."""
+    if not zipfile.is_zipfile(path):
+        raise PneumolabError(
+            f"{path} is not an npz archive. Give data.path a MedMNIST npz with the keys "
+            "train_images, train_labels, val_images, val_labels, test_images, test_labels."
+        )
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            expected = [f"{split}_{kind}" for split in SPLITS for kind in ("images", "labels")]
+            missing = [key for key in expected if key not in npz.files]
+            if missing:
+                raise PneumolabError(
+                    f"{path} lacks the key(s) {', '.join(missing)} (it has: {', '.join(npz.files) or 'none'}). "
+                    "A PneumoniaMNIST npz needs train_images, train_labels, val_images, val_labels, "
+                    "test_images and test_labels; re-download it or fix the file."
+                )
+            arrays = {key: npz[key] for key in expected}
+    except ValueError as exc:
+        if "pickle" not in str(exc):
+            raise PneumolabError(f"{path} could not be read ({exc}). Re-download it or fix the file.") from None
+        raise PneumolabError(
+            f"{path} stores Python objects (pickled arrays), which pneumolab never loads because "
+            "unpickling can run arbitrary code. Save plain numeric arrays instead: images as uint8, labels as integers."
+        ) from None
+    except (OSError, zipfile.BadZipFile, zlib.error, EOFError) as exc:
+        raise PneumolabError(f"{path} could not be read ({exc}); it may be truncated. Re-download it or fix the file.") from None
+
+    splits = {}
+    for split in SPLITS:
+        images = _check_images(arrays[f"{split}_images"], f"{split}_images", path)
+        labels = _check_labels(arrays[f"{split}_labels"], f"{split}_labels", len(images), path)
+        splits[split] = Split(torch.from_numpy(images[:, None]), torch.from_numpy(labels))
+    shapes = {tuple(s.images.shape[2:]) for s in splits.values()}
+    if len(shapes) > 1:
+        raise PneumolabError(
+            f"The splits in {path} have different image sizes {sorted(shapes)}. Use one npz in which "
+            "train, val and test images share a size."
+        )
+    return splits
+
+
+def _check_images(images: np.ndarray, key: str, path: Path) -> np.ndarray:
+    """(N, H, W) uint8, from (N, H, W), (N, H, W, 1) or RGB (N, H, W, 3)."""
+    if images.dtype != np.uint8:
+        raise PneumolabError(
+            f"{key} in {path} has dtype {images.dtype}; expected uint8 pixels 0..255. "
+            "Convert it, e.g. (images * 255).round().astype(np.uint8) for 0..1 floats."
+        )
+    if images.ndim == 4 and images.shape[-1] == 3:
+        images = _to_gray(images)
+    elif images.ndim == 4 and images.shape[-1] == 1:
+        images = images[..., 0]
+    if images.ndim != 3 or min(images.shape) == 0:
+        raise PneumolabError(
+            f"{key} in {path} has shape {images.shape}; expected (N, H, W) grayscale images "
+            "(or (N, H, W, 1), (N, H, W, 3)) with N, H, W >= 1. Fix the array or use the official npz."
+        )
+    return np.ascontiguousarray(images)
+
+
+def _to_gray(rgb: np.ndarray) -> np.ndarray:
+    """ITU-R 601-2 luma, the weights of PIL's convert("L"); in chunks, as 224 px RGB is large."""
+    gray = np.empty(rgb.shape[:3], dtype=np.uint8)
+    for start in range(0, len(rgb), 256):
+        chunk = rgb[start : start + 256].astype(np.uint32)
+        gray[start : start + 256] = (chunk[..., 0] * 299 + chunk[..., 1] * 587 + chunk[..., 2] * 114 + 500) // 1000
+    return gray
+
+
+def _check_labels(labels: np.ndarray, key: str, n_images: int, path: Path) -> np.ndarray:
+    """(N,) int64 of 0/1, from (N,) or (N, 1)."""
+    shape = labels.shape
+    if labels.ndim == 2 and labels.shape[1] == 1:
+        labels = labels[:, 0]
+    if labels.ndim != 1 or len(labels) != n_images:
+        raise PneumolabError(
+            f"{key} in {path} has shape {shape}; expected ({n_images},) or ({n_images}, 1), "
+            "one label per image. Fix the array or use the official npz."
+        )
+    if not (np.issubdtype(labels.dtype, np.integer) or labels.dtype == np.bool_):
+        raise PneumolabError(f"{key} in {path} has dtype {labels.dtype}; expected integer labels 0 (normal) or 1 (pneumonia).")
+    bad = np.setdiff1d(np.unique(labels), [0, 1])
+    if len(bad):
+        raise PneumolabError(
+            f"{key} in {path} holds label value(s) {bad.tolist()}; PneumoniaMNIST labels are 0 (normal) "
+            "and 1 (pneumonia). Fix the labels or use the official npz."
+        )
+    return labels.astype(np.int64)

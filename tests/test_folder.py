@@ -1,0 +1,220 @@
+import os
+import shutil
+import stat
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from pneumolab import folder
+from pneumolab.config import FolderDataConfig
+from pneumolab.data import load_data
+from pneumolab.errors import PneumolabError
+from pneumolab.folder import load_folder
+
+SHARED_XRAY = Path(__file__).resolve().parents[2] / "shared/data/chest_xray"
+
+
+@pytest.fixture
+def real_xray() -> Path:
+    if not SHARED_XRAY.is_dir():
+        pytest.skip(f"the real chest X-rays are not at {SHARED_XRAY} (the shared data folder beside the repo)")
+    return SHARED_XRAY
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch) -> Path:
+    monkeypatch.setenv("PNEUMOLAB_DATA", str(tmp_path / "cache"))
+    return tmp_path / "cache" / "folder"
+
+
+def copy_subset(src: Path, dst: Path, counts: dict[str, int]) -> Path:
+    """Copy the first `counts[split]` images per class of each split of src into dst."""
+    for split, n in counts.items():
+        for cls in ("NORMAL", "PNEUMONIA"):
+            (dst / split / cls).mkdir(parents=True)
+            source_split = "train" if split == "val" else split  # the shared data has no val/
+            names = sorted(os.listdir(src / source_split / cls))
+            offset = 20 if split == "val" else 0  # val images distinct from train ones
+            for name in names[offset : offset + n]:
+                shutil.copyfile(src / source_split / cls / name, dst / split / cls / name)
+    return dst
+
+
+@pytest.fixture
+def xray(tmp_path, real_xray) -> Path:
+    """8 train and 4 test images per class: real 224 px RGB JPEGs."""
+    return copy_subset(real_xray, tmp_path / "xray", {"train": 8, "test": 4})
+
+
+def cfg_for(root: Path, **overrides) -> FolderDataConfig:
+    return FolderDataConfig(root=str(root), **overrides)
+
+
+def test_rgb_jpegs_load_as_grayscale_with_a_stratified_val(xray, cache):
+    sample = next((xray / "train" / "NORMAL").iterdir())
+    assert Image.open(sample).mode == "RGB"
+    data = load_folder(cfg_for(xray))
+    assert data.train.images.dtype == torch.uint8 and data.image_shape == (1, 28, 28)
+    # No val/: 10 % of each train class (at least one image) is held out.
+    assert data.train.class_counts() == (7, 7) and data.val.class_counts() == (1, 1)
+    assert data.test.class_counts() == (4, 4)
+    assert str(xray) in data.source and "28 px" in data.source
+
+
+def test_decoding_matches_a_full_resolution_resize(xray, cache):
+    path = sorted((xray / "test" / "NORMAL").iterdir())[0]
+    reference = np.asarray(Image.open(path).convert("L").resize((28, 28), Image.Resampling.LANCZOS), dtype=float)
+    fast = folder.decode_image(path, 28).astype(float)
+    assert np.abs(fast - reference).mean() < 6
+
+
+def test_holdout_follows_the_split_seed(xray, cache):
+    a = load_folder(cfg_for(xray, split_seed=0, val_fraction=0.4))
+    b = load_folder(cfg_for(xray, split_seed=1, val_fraction=0.4))
+    assert a.val.class_counts() == (3, 3)
+    assert not torch.equal(a.val.images, b.val.images)
+
+
+def test_a_large_enough_val_folder_is_used_as_is(tmp_path, real_xray, cache):
+    root = copy_subset(real_xray, tmp_path / "xray", {"train": 6, "val": 5, "test": 2})
+    data = load_folder(cfg_for(root))
+    assert data.train.class_counts() == (6, 6) and data.val.class_counts() == (5, 5)
+    assert "of train" not in data.source
+
+
+def test_a_tiny_val_folder_joins_train_before_the_holdout(tmp_path, real_xray, cache):
+    root = copy_subset(real_xray, tmp_path / "xray", {"train": 8, "val": 2, "test": 2})
+    data = load_folder(cfg_for(root))
+    assert len(data.train) + len(data.val) == 20 and data.val.class_counts() == (1, 1)
+
+
+def test_other_sizes_and_modes(tmp_path, cache):
+    root = tmp_path / "synthetic"
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        for cls in ("NORMAL", "PNEUMONIA"):
+            (root / split / cls).mkdir(parents=True)
+            Image.fromarray(rng.integers(0, 256, (50, 70, 3), dtype=np.uint8)).save(root / split / cls / "rgb.png")
+            Image.fromarray(rng.integers(0, 256, (40, 40), dtype=np.uint8)).convert("P").save(root / split / cls / "p.gif")
+            Image.fromarray(rng.integers(0, 256, (30, 30, 4), dtype=np.uint8)).save(root / split / cls / "rgba.png")
+            ramp = np.tile(np.linspace(0, 4095, 60).astype(np.uint16), (60, 1))  # 12-bit, as many X-ray PNGs
+            Image.fromarray(ramp).save(root / split / cls / "deep.png")
+    data = load_folder(cfg_for(root, image_size=16))
+    assert data.image_shape == (1, 16, 16) and len(data.train) + len(data.val) == 8
+    # 12-bit pixels are stretched to the full 0..255 range instead of clipping to white.
+    deep = folder.decode_image(root / "test" / "NORMAL" / "deep.png", 16)
+    assert deep.min() < 20 and deep.max() > 235 and np.all(np.diff(deep.astype(int), axis=1) >= 0)
+
+
+def test_hidden_files_are_skipped(xray, cache):
+    (xray / "train" / "NORMAL" / ".DS_Store").write_bytes(b"\0\1\2 not an image")
+    (xray / "test" / "PNEUMONIA" / "._IM-0001.jpeg").write_bytes(b"AppleDouble")
+    data = load_folder(cfg_for(xray))
+    assert len(data.train) + len(data.val) == 16 and len(data.test) == 8
+
+
+def truncated_jpeg(path: Path) -> None:
+    data = next((path.parent.parent / "NORMAL").glob("*.jpeg")).read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+@pytest.mark.parametrize(
+    ("name", "write"),
+    [
+        ("cut.jpeg", truncated_jpeg),
+        ("empty.jpeg", lambda p: p.write_bytes(b"")),
+        ("notes.txt", lambda p: p.write_text("radiologist notes")),
+    ],
+)
+def test_an_unreadable_file_is_named(xray, cache, name, write):
+    bad = xray / "train" / "PNEUMONIA" / name
+    write(bad)
+    with pytest.raises(PneumolabError, match=f"Cannot read the image {bad}.*delete it"):
+        load_folder(cfg_for(xray))
+
+
+def test_a_bad_file_is_named_by_the_process_pool_too(tmp_path, real_xray):
+    paths = sorted((real_xray / "train" / "NORMAL").iterdir())[: folder.MIN_FILES_FOR_POOL + 10]
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"PNG? no")
+    with pytest.raises(PneumolabError, match=f"Cannot read the image {bad}"):
+        folder.decode_images(paths + [bad], 28)
+
+
+def test_the_process_pool_decodes_like_one_process(real_xray):
+    paths = sorted((real_xray / "test" / "PNEUMONIA").iterdir())[: folder.MIN_FILES_FOR_POOL + 10]
+    assert np.array_equal(folder.decode_images(paths, 28), folder._decode_chunk(paths, 28))
+
+
+def test_a_missing_class_folder_is_named(xray, cache):
+    shutil.rmtree(xray / "test" / "PNEUMONIA")
+    with pytest.raises(PneumolabError, match=f"class folder {xray / 'test' / 'PNEUMONIA'} is missing"):
+        load_folder(cfg_for(xray))
+
+
+def test_a_missing_split_folder_is_named(xray, cache):
+    shutil.rmtree(xray / "train")
+    with pytest.raises(PneumolabError, match="has no train/ folder"):
+        load_folder(cfg_for(xray))
+
+
+def test_a_missing_root_is_reported(tmp_path, cache):
+    with pytest.raises(PneumolabError, match="does not exist.*data.root"):
+        load_folder(cfg_for(tmp_path / "nowhere"))
+
+
+def test_root_may_start_with_a_tilde(xray, cache, monkeypatch):
+    monkeypatch.setenv("HOME", str(xray.parent))
+    assert load_folder(cfg_for("~/xray")).source.startswith(f"folder {xray} ")
+
+
+def test_the_second_load_comes_from_the_cache(xray, cache):
+    first = load_folder(cfg_for(xray))
+    assert len(list(cache.glob("*.npz"))) == 1
+    # Same size and mtime but unreadable bytes: only a cache hit can still load it.
+    victim = sorted((xray / "train" / "NORMAL").iterdir())[0]
+    before = victim.stat()
+    victim.write_bytes(b"\0" * before.st_size)
+    os.utime(victim, ns=(before.st_atime_ns, before.st_mtime_ns))
+    second = load_folder(cfg_for(xray))
+    for name, split in first.splits().items():
+        assert torch.equal(split.images, second.splits()[name].images)
+        assert torch.equal(split.labels, second.splits()[name].labels)
+
+
+def test_touching_or_adding_a_file_rebuilds_the_cache(xray, cache):
+    load_folder(cfg_for(xray))
+    os.utime(sorted((xray / "test" / "NORMAL").iterdir())[0])
+    load_folder(cfg_for(xray))
+    assert len(list(cache.glob("*.npz"))) == 2
+    shutil.copyfile(sorted((xray / "train" / "NORMAL").iterdir())[0], xray / "test" / "NORMAL" / "extra.jpeg")
+    assert len(load_folder(cfg_for(xray)).test) == 9
+    assert len(list(cache.glob("*.npz"))) == 3
+    assert not list(cache.glob(".*"))  # no temp files left behind
+
+
+def test_a_cache_per_image_size(xray, cache):
+    assert load_folder(cfg_for(xray, image_size=16)).image_shape == (1, 16, 16)
+    assert load_folder(cfg_for(xray, image_size=28)).image_shape == (1, 28, 28)
+    assert len(list(cache.glob("*.npz"))) == 2
+
+
+def test_a_read_only_data_folder_works(xray, cache):
+    before = sorted(p.relative_to(xray) for p in xray.rglob("*"))
+    for path in [xray, *xray.rglob("*")]:
+        path.chmod(path.stat().st_mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
+    try:
+        load_folder(cfg_for(xray))
+        load_folder(cfg_for(xray))
+    finally:
+        for path in [xray, *xray.rglob("*")]:
+            path.chmod(path.stat().st_mode | stat.S_IWUSR)
+    assert sorted(p.relative_to(xray) for p in xray.rglob("*")) == before
+
+
+def test_load_data_caps_per_class(xray, cache):
+    data = load_data(cfg_for(xray, limit_per_class=3))
+    assert data.train.class_counts() == (3, 3) and data.test.class_counts() == (3, 3)
