@@ -62,8 +62,11 @@ class EpochReport:
             log.info(line)
 
 
-def run_job(cfg: DictConfig, job_dir: Path, overrides: list[str]) -> float:
-    """Train, write every output, and return mean validation accuracy (the search objective)."""
+def run_job(cfg: DictConfig, job_dir: Path, overrides: list[str]) -> float | None:
+    """Train, write every output, and return mean validation accuracy (the search objective).
+
+    None when no seed has one (every seed diverged in an earlier run of this point).
+    """
     import numpy as np
 
     from pneumolab.data import load_data
@@ -77,7 +80,7 @@ def run_job(cfg: DictConfig, job_dir: Path, overrides: list[str]) -> float:
     done = read_json(job_dir / RESULTS)
     if done is not None and done.get("config") == config:
         log.info("skipped: done (%s already holds this config)", job_dir / RESULTS)
-        return done["summary"]["val_acc"]["mean"] or math.nan
+        return done["summary"]["val_acc"]["mean"]
 
     configure_torch(settings)
     device = resolve_device(settings.trainer.device)
@@ -113,7 +116,7 @@ def run_job(cfg: DictConfig, job_dir: Path, overrides: list[str]) -> float:
 
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="config")
-def hydra_entry(cfg: DictConfig) -> float:
+def hydra_entry(cfg: DictConfig) -> float | None:
     hydra_cfg = HydraConfig.get()
     job_dir = Path(hydra_cfg.runtime.output_dir)
     overrides = list(hydra_cfg.overrides.task)
@@ -135,7 +138,9 @@ def hydra_entry(cfg: DictConfig) -> float:
             log.error("%s", traceback.format_exc())
         log.error("failed: %s", message)
         write_failure(job_dir, OmegaConf.to_container(cfg, resolve=False), overrides, message)
-        return math.nan
+        # None, not NaN: the Optuna sweeper records a None objective as a failed trial and
+        # goes on, while a NaN crashes the whole search (facebookresearch/hydra#2237).
+        return None
 
 
 def main() -> None:

@@ -1,0 +1,276 @@
+"""Sweep summaries built from results.json / error.json files written by hand, and the sweep configs."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.types import RunMode
+from omegaconf import OmegaConf
+from scipy import stats
+
+from pneumolab import sweep
+from pneumolab.cli import config_dir
+from pneumolab.config import register_configs
+from pneumolab.metrics import summarize
+from pneumolab.results import SUMMARY_KEYS
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+BASE_CONFIG = {"head": {"name": "bce"}, "data": {"name": "phantom", "batch_size": 32}, "trainer": {"epochs": 3}}
+
+
+def set_in(config: dict, key: str, value: object) -> None:
+    *parents, last = key.split(".")
+    for part in parents:
+        config = config.setdefault(part, {})
+    config[last] = value
+
+
+def config_for(overrides: list[str]) -> dict:
+    config = json.loads(json.dumps(BASE_CONFIG))
+    for override in overrides:
+        key, value = override.split("=")
+        if key == "head":
+            config["head"]["name"] = value
+        else:
+            set_in(config, key, int(value))
+    return config
+
+
+def write_point(job_dir: Path, overrides: list[str], test_accs: list[float | None], val_accs: list[float] | None = None) -> dict:
+    """A results.json as the CLI writes it: `None` accuracies are diverged seeds."""
+    val_accs = val_accs or [0.5] * len(test_accs)
+    per_seed = [
+        {"seed": seed, "test_acc": acc, "test_auc": None if acc is None else acc / 2 + 0.4,
+         "test_sensitivity": acc, "test_specificity": acc, "test_f1": acc,
+         "test_confusion": None, "val_acc": val, "epochs_run": 3, "diverged": acc is None}
+        for seed, (acc, val) in enumerate(zip(test_accs, val_accs))
+    ]
+    results = {
+        "config": config_for(overrides),
+        "overrides": overrides,
+        "seeds": list(range(len(test_accs))),
+        "per_seed": per_seed,
+        "summary": {key: summarize([entry[key] for entry in per_seed]) for key in SUMMARY_KEYS},
+    }
+    job_dir.mkdir(parents=True, exist_ok=True)
+    (job_dir / "results.json").write_text(json.dumps(results))
+    return results
+
+
+def write_failure(job_dir: Path, overrides: list[str], error: str) -> None:
+    job_dir.mkdir(parents=True, exist_ok=True)
+    failure = {"config": config_for([o for o in overrides if not o.endswith("=0")]), "overrides": overrides, "error": error}
+    (job_dir / "error.json").write_text(json.dumps(failure))
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="", encoding="utf-8") as fh:
+        return list(csv.DictReader(fh))
+
+
+def reported_p_values(markdown: str) -> list[tuple[str, float]]:
+    """(comparison text, p) for each significance line of summary.md."""
+    return [(line, float(p)) for line, p in re.findall(r"^- (.*?p = ([0-9.]+).*)$", markdown, re.MULTILINE)]
+
+
+GRID = {  # job num -> overrides, per-seed test accuracies
+    "0": (["head=bce", "data.batch_size=32", "trainer.epochs=3"], [0.70, 0.74, 0.72]),
+    "1": (["head=ce", "data.batch_size=32", "trainer.epochs=3"], [0.78, 0.81, 0.77]),
+    "2": (["head=bce", "data.batch_size=64", "trainer.epochs=3"], [0.69, 0.70, None]),
+    "10": (["head=ce", "data.batch_size=64", "trainer.epochs=3"], [0.60, 0.75, 0.71]),
+}
+
+
+@pytest.fixture
+def grid(tmp_path: Path) -> Path:
+    for num, (overrides, accs) in GRID.items():
+        write_point(tmp_path / num, overrides, accs)
+    return tmp_path
+
+
+def test_swept_and_common_keys(grid: Path):
+    summary = sweep.build_summary([grid])
+    assert [p.job_dir.name for p in summary.points] == ["0", "1", "2", "10"]  # job number order
+    assert summary.swept == ["head", "data.batch_size"]
+    assert summary.common == {"trainer.epochs": "3"}
+
+
+def test_csv_row_per_point_with_the_seed_statistics(grid: Path):
+    sweep.write_summary(sweep.build_summary([grid]), grid)
+    rows = read_csv(grid / "summary.csv")
+    assert [row["point"] for row in rows] == list(GRID)
+    for row, (overrides, accs) in zip(rows, GRID.values()):
+        finite = [a for a in accs if a is not None]
+        assert row["head"] == overrides[0].split("=")[1] and row["data.batch_size"] == overrides[1].split("=")[1]
+        assert row["overrides"] == " ".join(overrides)
+        assert row["status"] == "ok" and row["error"] == ""
+        assert float(row["test_acc_mean"]) == pytest.approx(np.mean(finite), abs=1e-15)
+        assert float(row["test_acc_std"]) == pytest.approx(np.std(finite, ddof=1), abs=1e-15)
+        half = stats.t.ppf(0.975, len(finite) - 1) * np.std(finite, ddof=1) / np.sqrt(len(finite))
+        assert float(row["test_acc_ci95_low"]) == pytest.approx(np.mean(finite) - half)
+        assert float(row["test_acc_ci95_high"]) == pytest.approx(np.mean(finite) + half)
+        assert float(row["test_auc_mean"]) == pytest.approx(np.mean([a / 2 + 0.4 for a in finite]))
+        assert int(row["n_seeds"]) == len(accs)
+        assert int(row["n_diverged"]) == accs.count(None)
+
+
+def test_welch_test_for_each_pair_differing_in_one_setting(grid: Path):
+    sweep.write_summary(sweep.build_summary([grid]), grid)
+    markdown = (grid / "summary.md").read_text()
+    lines = reported_p_values(markdown)
+    # 0-1 and 2-10 differ in the head, 0-2 and 1-10 in the batch size; 0-10 and 1-2 in both: no test.
+    assert len(lines) == 4
+    accs = {num: [a for a in a_s if a is not None] for num, (_, a_s) in GRID.items()}
+    expected = {
+        ("0", "1"): "head=bce vs head=ce at data.batch_size=32",
+        ("0", "2"): "data.batch_size=32 vs data.batch_size=64 at head=bce",
+        ("1", "10"): "data.batch_size=32 vs data.batch_size=64 at head=ce",
+        ("2", "10"): "head=bce vs head=ce at data.batch_size=64",
+    }
+    for (a, b), text in expected.items():
+        line, p = next((line, p) for line, p in lines if f"points {a} and {b}," in line)
+        scipy_p = stats.ttest_ind(accs[a], accs[b], equal_var=False).pvalue
+        assert p == pytest.approx(scipy_p, abs=5e-4)
+        diff_pt = 100 * (np.mean(accs[a]) - np.mean(accs[b]))
+        verdict = "significant" if scipy_p < 0.05 else "not significant"
+        assert line.startswith(f"{text}: {diff_pt:+.1f} pt, p = {scipy_p:.3f}, {verdict} (")
+    assert "4 tests, not corrected for multiple comparisons" in markdown
+    assert ", significant (points 0 and 1," in markdown  # the one clear difference in this grid
+
+
+def test_all_pairs_on_request(grid: Path):
+    summary = sweep.build_summary([grid], all_pairs=True)
+    assert len(summary.comparisons) == 6
+    sweep.write_summary(summary, grid)
+    assert "- head=bce data.batch_size=32 vs head=ce data.batch_size=64: " in (grid / "summary.md").read_text()
+
+
+def test_failed_point_row_and_plot(tmp_path: Path):
+    write_point(tmp_path / "0", ["data.batch_size=16"], [0.7, 0.72])
+    write_failure(tmp_path / "1", ["data.batch_size=0"],
+                  "Invalid config value data.batch_size=0: use a batch size of at least 1.\nsecond line")
+    summary = sweep.build_summary([tmp_path])
+    assert [p.ok for p in summary.points] == [True, False]
+    sweep.write_summary(summary, tmp_path)
+    rows = read_csv(tmp_path / "summary.csv")
+    assert rows[1]["status"] == "failed"
+    assert rows[1]["error"] == "Invalid config value data.batch_size=0: use a batch size of at least 1."
+    assert rows[1]["test_acc_mean"] == "" and rows[1]["n_seeds"] == ""
+    markdown = (tmp_path / "summary.md").read_text()
+    assert "| 1 | 0 | – |" in markdown
+    assert "failed: Invalid config value data.batch_size=0: use a batch size of at least 1. |" in markdown
+    assert "2 points: 1 ok, 1 failed" in markdown
+    assert "Fewer than two finished points" in markdown
+    assert (tmp_path / "summary.png").read_bytes().startswith(PNG_SIGNATURE)
+
+
+def test_no_plot_and_no_stale_plot_when_every_point_failed(tmp_path: Path):
+    (tmp_path / "summary.png").write_bytes(PNG_SIGNATURE)  # from an earlier summary
+    write_failure(tmp_path / "0", ["data.batch_size=0"], "bad batch size")
+    sweep.write_summary(sweep.build_summary([tmp_path]), tmp_path)
+    assert not (tmp_path / "summary.png").exists()
+    assert "summary.png" not in (tmp_path / "summary.md").read_text()
+
+
+def test_the_newer_of_results_and_error_tells_the_state(tmp_path: Path):
+    job = tmp_path / "0"
+    write_point(job, ["head=ce"], [0.7, 0.8])
+    write_failure(job, ["head=ce"], "Every seed diverged")
+    os.utime(job / "results.json", ns=(1_000_000_000, 1_000_000_000))
+    assert not sweep.read_point(job).ok
+    os.utime(job / "error.json", ns=(1, 1))
+    assert sweep.read_point(job).ok
+
+
+def test_settings_not_overridden_come_from_the_config(tmp_path: Path):
+    # A plain run (no override) against a run that changed the batch size: one setting differs.
+    write_point(tmp_path / "a", [], [0.70, 0.72])
+    write_point(tmp_path / "b", ["data.batch_size=64"], [0.71, 0.69])
+    summary = sweep.build_summary([tmp_path / "a", tmp_path / "b"])
+    assert summary.swept == ["data.batch_size"]
+    assert [p.setting("data.batch_size") for p in summary.points] == ["32", "64"]
+    assert [p.setting("head") for p in summary.points] == ["bce", "bce"]  # a group by its name
+    assert summary.points[0].setting("optimizer.lr") == sweep.NOT_SET
+    assert len(summary.comparisons) == 1
+
+
+def test_summarize_command_compares_several_dirs(tmp_path: Path, capsys):
+    write_point(tmp_path / "s1" / "0", ["head=bce"], [0.70, 0.74])
+    write_point(tmp_path / "s2" / "0", ["head=ce"], [0.78, 0.81])
+    out = tmp_path / "both"
+    sweep.summarize_main([str(tmp_path / "s1"), str(tmp_path / "s2"), "--out", str(out)])
+    rows = read_csv(out / "summary.csv")
+    assert [(r["point"], r["head"]) for r in rows] == [("../s1/0", "bce"), ("../s2/0", "ce")]
+    assert "head=bce vs head=ce: " in capsys.readouterr().out  # the summary is printed too
+    assert (out / "summary.md").is_file() and (out / "summary.png").is_file()
+    assert not (tmp_path / "s1" / "summary.csv").exists()
+
+
+def test_summarize_command_defaults_to_the_first_dir(tmp_path: Path):
+    write_point(tmp_path / "0", ["head=bce"], [0.70, 0.74])
+    sweep.summarize_main([str(tmp_path)])
+    assert len(read_csv(tmp_path / "summary.csv")) == 1
+
+
+@pytest.mark.parametrize("make_dir", [True, False])
+def test_summarize_command_without_results_exits_2(tmp_path: Path, capsys, make_dir: bool):
+    target = tmp_path / "sweep"
+    if make_dir:
+        target.mkdir()
+    with pytest.raises(SystemExit) as exc:
+        sweep.summarize_main([str(target)])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("pneumolab-summarize: error: ") and str(target) in err
+    assert "Traceback" not in err and err.count("\n") == 1
+
+
+def test_callback_writes_the_summary_and_flags_failures(tmp_path: Path):
+    write_point(tmp_path / "0", ["head=bce"], [0.70, 0.74])
+    write_failure(tmp_path / "1", ["head=ce"], "boom")
+    config = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}})
+    callback = sweep.SweepSummaryCallback()
+    callback.on_multirun_start(config)
+    assert not sweep.failed_jobs_in_last_sweep()
+    callback.on_multirun_end(config)
+    assert sweep.failed_jobs_in_last_sweep()
+    assert {"summary.csv", "summary.md", "summary.png"} <= {p.name for p in tmp_path.iterdir()}
+    callback.on_multirun_start(config)  # the next sweep in this process starts clean
+    assert not sweep.failed_jobs_in_last_sweep()
+
+
+def compose_hydra(overrides: list[str]):
+    register_configs()
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        return compose("config", overrides=overrides, return_hydra_config=True)
+
+
+def test_slurm_launcher_config_composes():
+    launcher = compose_hydra(["hydra/launcher=slurm", "hydra.launcher.partition=gpu"]).hydra.launcher
+    assert launcher._target_ == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
+    assert launcher.partition == "gpu"
+    assert (launcher.cpus_per_task, launcher.gpus_per_node, launcher.mem_gb) == (1, 0, 4)
+    assert launcher.timeout_min > 0 and launcher.array_parallelism > 0
+
+
+def test_optuna_search_space():
+    from hydra_plugins.hydra_optuna_sweeper._impl import create_params_from_overrides
+    from optuna.distributions import CategoricalDistribution, IntUniformDistribution, LogUniformDistribution
+
+    hydra_cfg = compose_hydra(["hparams_search=optuna"]).hydra
+    sweeper = hydra_cfg.sweeper
+    assert hydra_cfg.mode == RunMode.MULTIRUN  # `-m` may be left out
+    assert sweeper.direction == "maximize" and sweeper.n_trials == 20
+    assert sweeper.sampler._target_ == "optuna.samplers.TPESampler" and sweeper.sampler.seed is not None
+    space, fixed = create_params_from_overrides([f"{k}={v}" for k, v in sweeper.params.items()])
+    assert fixed == {}
+    assert space["optimizer.lr"] == LogUniformDistribution(1e-5, 1e-2)
+    assert space["data.batch_size"] == CategoricalDistribution([32, 64, 128])
+    assert space["scheduler.step_size"] == IntUniformDistribution(3, 20)
