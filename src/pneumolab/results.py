@@ -10,14 +10,16 @@ import csv
 import json
 import platform
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from pneumolab import __version__
 from pneumolab.files import atomic_open, atomic_write_text
 from pneumolab.metrics import binary_metrics, summarize
-from pneumolab.train import SeedRun
+
+if TYPE_CHECKING:  # importing torch would slow every reader of results, e.g. pneumolab-summarize
+    from pneumolab.train import SeedRun
 
 RESULTS = "results.json"
 FAILURE = "error.json"
@@ -26,7 +28,7 @@ SUMMARY_KEYS = ("test_acc", "test_auc", "test_sensitivity", "test_specificity", 
 CSV_COLUMNS = ("seed", "epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc")
 
 
-def seed_entry(run: SeedRun, test_labels: np.ndarray) -> dict[str, Any]:
+def seed_entry(run: "SeedRun", test_labels: np.ndarray) -> dict[str, Any]:
     entry: dict[str, Any] = {"seed": run.seed}
     if run.diverged:
         metrics = dict.fromkeys(("acc", "auc", "sensitivity", "specificity", "f1", "confusion"))
@@ -52,7 +54,7 @@ def versions() -> dict[str, str]:
 
 
 def build_results(
-    config: dict, overrides: list[str], runs: list[SeedRun], test_labels: np.ndarray,
+    config: dict, overrides: list[str], runs: list["SeedRun"], test_labels: np.ndarray,
     data_source: str, wall_seconds: float, device: str,
 ) -> dict[str, Any]:
     per_seed = [seed_entry(run, test_labels) for run in runs]
@@ -79,7 +81,7 @@ def write_failure(job_dir: Path, config: dict, overrides: list[str], error: str)
     atomic_write_text(job_dir / FAILURE, json.dumps(failure, indent=2) + "\n")
 
 
-def write_metrics_csv(job_dir: Path, runs: list[SeedRun]) -> None:
+def write_metrics_csv(job_dir: Path, runs: list["SeedRun"]) -> None:
     with atomic_open(job_dir / METRICS_CSV, "w") as fh:
         writer = csv.writer(fh)
         writer.writerow(CSV_COLUMNS)
