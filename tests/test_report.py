@@ -1,0 +1,143 @@
+"""scripts/reproduce_report.py end to end on tiny phantom data, and REPORT.md checked against the raw results."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from scipy import stats
+
+from conftest import REPO, subprocess_env
+from pneumolab.report import hydra_value
+
+SCRIPT = REPO / "scripts" / "reproduce_report.py"
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# SPEC, "Reproducing the report": the report's mean accuracy (%) per figure.
+SPEC_REPORTED = {1: 74.95, 2: 74.85, 3: 72.8, 4: 76.05, 5: 74.75, 6: 72.2, 7: 83.0, 8: 76.9}
+NUMBER = re.compile(r"-?\d+(?:\.\d+)?(?:e[-+]?\d+)?")
+
+
+def run_script(cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {**subprocess_env(), "PNEUMOLAB_DATA": str(cwd / "cache")}
+    return subprocess.run([sys.executable, str(SCRIPT), *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def report_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("report")
+    done = run_script(out, "--out", str(out), "--epochs", "2", "--seeds", "2", "--launcher", "basic",
+                      "--", "data.limit_per_class=30")
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    return out
+
+
+def read_table(markdown: str, first_column: str) -> list[dict[str, str]]:
+    """The rows of the markdown table whose header starts with `first_column`."""
+    lines = markdown.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(f"| {first_column} |"))
+    header = split_row(lines[start])
+    rows = []
+    for line in lines[start + 2:]:  # past the |---| line
+        if not line.startswith("|"):
+            break
+        rows.append(dict(zip(header, split_row(line))))
+    return rows
+
+
+def split_row(line: str) -> list[str]:
+    return [cell.strip() for cell in line.strip().strip("|").split("|")]
+
+
+def numbers(text: str) -> list[float]:
+    return [float(n) for n in NUMBER.findall(text)]
+
+
+def per_seed_accuracies(sweep_dir: Path) -> dict[int, list[float]]:
+    accuracies = {}
+    for path in sweep_dir.glob("*/results.json"):
+        results = json.loads(path.read_text())
+        figure = results["config"]["report_figure"]["figure"]
+        accuracies[figure] = [e["test_acc"] for e in results["per_seed"] if e["test_acc"] is not None]
+    return accuracies
+
+
+def test_table_has_the_eight_settings_with_spec_numbers(report_dir: Path) -> None:
+    rows = read_table((report_dir / "REPORT.md").read_text(), "figure")
+    assert [row["figure"] for row in rows] == [f"Fig. {n}" for n in range(1, 9)]
+    for n, row in enumerate(rows, start=1):
+        assert float(row["report, %"]) == pytest.approx(SPEC_REPORTED[n])
+        ours = numbers(row["ours, % (mean ± std)"]) + numbers(row["ours, 95 % CI"])
+        assert len(ours) == 4 and all(0.0 <= x <= 100.0 for x in ours), row
+        assert row["report vs our CI"] in ("inside", "above", "below")
+        assert row["diverged seeds"] == "0/2"
+
+
+def test_every_referenced_figure_is_a_png(report_dir: Path) -> None:
+    images = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", (report_dir / "REPORT.md").read_text())
+    assert len(images) == 6  # four pairs of curves (Fig. 1-8), two trends
+    for name in images:
+        assert (report_dir / name).read_bytes().startswith(PNG_SIGNATURE), name
+
+
+# Near-identical per-seed accuracies on tiny data make scipy warn about precision; the numbers still compare.
+@pytest.mark.filterwarnings("ignore:Precision loss:RuntimeWarning")
+def test_welch_numbers_match_scipy(report_dir: Path) -> None:
+    accuracies = per_seed_accuracies(report_dir / "runs")
+    rows = read_table((report_dir / "REPORT.md").read_text(), "comparison")
+    assert len(rows) == 2
+    for row in rows:
+        bce, ce = (int(re.match(r"Fig\. (\d)", row[side]).group(1)) for side in ("BCE, %", "CE, %"))
+        expected = stats.ttest_ind(accuracies[bce], accuracies[ce], equal_var=False)
+        if math.isfinite(expected.statistic):
+            assert float(row["Welch t"]) == pytest.approx(expected.statistic, abs=1e-4)
+            assert float(row["p"]) == pytest.approx(expected.pvalue, rel=1e-3)
+        else:  # no seed-to-seed variance on either side: no t, and p says whether the values differ
+            assert row["Welch t"] == "—"
+            assert float(row["p"]) == (1.0 if accuracies[bce] == accuracies[ce] else 0.0)
+        diff = 100 * (sum(accuracies[bce]) / len(accuracies[bce]) - sum(accuracies[ce]) / len(accuracies[ce]))
+        assert float(row["BCE − CE, points"]) == pytest.approx(diff, abs=0.006)
+
+
+def test_report_states_what_ran_and_what_it_means(report_dir: Path) -> None:
+    text = (report_dir / "REPORT.md").read_text()
+    assert "- Data: phantom" in text and "at most 30 per class" in text
+    assert "- Epochs: 2" in text and "- Seeds: 0, 1" in text
+    assert "- Command: `pneumolab -m experiment=report/fig1_bce," in text
+    agreement = text.split("## Where we agree and disagree with the report")[1].split("\n## ")[0]
+    assert "our 95 % CI" in agreement and "Welch p" in agreement and "batch size" in agreement
+    details = {row["detail"]: row["value"] for row in read_table(text, "detail")}
+    assert details["optimizer"] == "adam" and details["base learning rate"] == "0.001"
+    assert details["epochs"] == "2 (overridden; the shared settings say 30)"
+
+
+def test_failed_job_is_reported_not_fatal(report_dir: Path, tmp_path: Path) -> None:
+    sweep = tmp_path / "runs"
+    shutil.copytree(report_dir / "runs", sweep)
+    job = next(p.parent for p in sweep.glob("*/results.json")
+               if json.loads(p.read_text())["config"]["report_figure"]["figure"] == 7)
+    config = json.loads((job / "results.json").read_text())["config"]
+    (job / "results.json").unlink()
+    (job / "error.json").write_text(json.dumps({"config": config, "overrides": [], "error": "boom"}))
+
+    done = run_script(tmp_path, "--from-sweep", str(tmp_path))
+    assert done.returncode == 1, done.stderr[-4000:]
+    text = (tmp_path / "REPORT.md").read_text()
+    assert "Fig. 7 (fig7_ce_combo) failed: boom" in text
+    rows = {row["figure"]: row for row in read_table(text, "figure")}
+    assert rows["Fig. 7"]["ours, % (mean ± std)"] == "—"
+    assert float(rows["Fig. 7"]["report, %"]) == pytest.approx(83.0)
+    assert "We cannot test this" in text
+
+
+@pytest.mark.parametrize("path", ["/data/chest xray", "/data/a,b", "/data/it's", "/data/x=y[1]"])
+def test_hydra_value_keeps_a_path_one_value(path: str) -> None:
+    (override,) = OverridesParser.create().parse_overrides([f"data.root={hydra_value(path)}"])
+    assert override.value() == path
