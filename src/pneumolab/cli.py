@@ -5,9 +5,11 @@ config -> dataset tensors -> fit -> results.json, metrics.csv, curves.png, roc.p
 
 from __future__ import annotations
 
+import fnmatch
 import logging
 import math
 import os
+import re
 import sys
 import time
 import traceback
@@ -42,7 +44,8 @@ def configure_torch(settings: Config) -> None:
     if settings.trainer.deterministic:
         # Must be set before the first cuBLAS call; harmless on CPU.
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True)
+    # Set both ways: sweep jobs can share one process, and one job's choice must not leak into the next.
+    torch.use_deterministic_algorithms(settings.trainer.deterministic)
 
 
 class EpochReport:
@@ -67,6 +70,9 @@ def run_job(cfg: DictConfig, job_dir: Path, overrides: list[str]) -> float | Non
 
     None when no seed has one (every seed diverged in an earlier run of this point).
     """
+    # Before the heavy imports below, so that a config mistake is reported in a second, not in five.
+    settings = to_settings(cfg)
+
     import numpy as np
 
     from pneumolab.data import load_data
@@ -75,11 +81,11 @@ def run_job(cfg: DictConfig, job_dir: Path, overrides: list[str]) -> float | Non
     from pneumolab.results import RESULTS, build_results, read_json, write_metrics_csv, write_results
     from pneumolab.train import fit, resolve_device
 
-    settings = to_settings(cfg)
     config = OmegaConf.to_container(cfg, resolve=True)
     done = read_json(job_dir / RESULTS)
     if done is not None and done.get("config") == config:
         log.info("skipped: done (%s already holds this config)", job_dir / RESULTS)
+        check_some_seed_converged(done, job_dir / RESULTS)
         return done["summary"]["val_acc"]["mean"]
 
     configure_torch(settings)
@@ -107,12 +113,17 @@ def run_job(cfg: DictConfig, job_dir: Path, overrides: list[str]) -> float | Non
     log.info("test acc %.4f +- %.4f over %d seeds (%d diverged) in %.1f s -> %s",
              acc["mean"] if acc["n"] else math.nan, acc["std"] if acc["n"] else math.nan,
              acc["n"], results["n_diverged"], wall, job_dir)
-    if results["n_diverged"] == len(runs):
+    check_some_seed_converged(results, job_dir / RESULTS)
+    return float(np.mean([r.val_acc for r in runs if not r.diverged]))
+
+
+def check_some_seed_converged(results: dict, path: Path) -> None:
+    """A job whose every seed diverged has no numbers to report: an error, though its results.json stays."""
+    if results["n_diverged"] == len(results["per_seed"]):
         raise PneumolabError(
-            f"Every seed diverged (the loss became NaN or infinite); see {job_dir / RESULTS}. "
+            f"Every seed diverged (the loss became NaN or infinite); see {path}. "
             "Lower optimizer.lr or switch optimizer=adam."
         )
-    return float(np.mean([r.val_acc for r in runs if not r.diverged]))
 
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="config")
@@ -143,8 +154,32 @@ def hydra_entry(cfg: DictConfig) -> float | None:
         return None
 
 
+# `group=glob(sub/*)`: a glob over a sub-folder of a config group.
+NESTED_GROUP_GLOB = re.compile(r"^(\+?)(\w+)=glob\(([^(),]*/[^(),]*)\)$")
+
+
+def expand_nested_group_globs(args: list[str]) -> list[str]:
+    """Spell out `experiment=glob(report/*)` as the list of matching options.
+
+    Hydra's glob() sees only the top level of a config group (hydra#3055), so on its
+    own `experiment=glob(report/*)` would sweep nothing.
+    """
+    expanded = []
+    for arg in args:
+        match = NESTED_GROUP_GLOB.match(arg)
+        group_dir = Path(config_dir(), match.group(2)) if match else None
+        if match and group_dir.is_dir():
+            options = sorted(p.relative_to(group_dir).with_suffix("").as_posix() for p in group_dir.rglob("*.yaml"))
+            chosen = [option for option in options if fnmatch.fnmatchcase(option, match.group(3))]
+            if chosen:
+                arg = f"{match.group(1)}{match.group(2)}={','.join(chosen)}"
+        expanded.append(arg)
+    return expanded
+
+
 def main() -> None:
     register_configs()
+    sys.argv[1:] = expand_nested_group_globs(sys.argv[1:])
     hydra_entry()
     from pneumolab.sweep import failed_jobs_in_last_sweep
 
