@@ -24,6 +24,14 @@ def _require(ok: bool, key: str, value: Any, fix: str) -> None:
         raise PneumolabError(f"Invalid config value {key}={value!r}: {fix}")
 
 
+# torch.Generator and numpy take seeds as unsigned 64-bit integers.
+SEED_RANGE = "from 0 to 2**64 - 1"
+
+
+def _is_seed(value: int) -> bool:
+    return 0 <= value < 2**64
+
+
 # --- model -------------------------------------------------------------------
 
 
@@ -96,6 +104,10 @@ class PhantomDataConfig(DataConfig):
         _require(self.image_size >= 8, "data.image_size", self.image_size, "use at least 8 pixels.")
         for key in ("n_train", "n_val", "n_test"):
             _require(getattr(self, key) >= 2, f"data.{key}", getattr(self, key), "use at least 2 images per split.")
+        for key in ("pneumonia_fraction_train", "pneumonia_fraction_test"):
+            _require(0.0 < getattr(self, key) < 1.0, f"data.{key}", getattr(self, key),
+                     "use a fraction in (0, 1), so that both classes occur.")
+        _require(_is_seed(self.seed), "data.seed", self.seed, f"use a seed {SEED_RANGE}.")
 
 
 MEDMNIST_SIZES = (28, 64, 128, 224)
@@ -126,6 +138,7 @@ class FolderDataConfig(DataConfig):
         super().__post_init__()
         _require(self.image_size >= 1, "data.image_size", self.image_size, "use an image size of at least 1 pixel, e.g. 28.")
         _require(0.0 < self.val_fraction < 1.0, "data.val_fraction", self.val_fraction, "use a fraction in (0, 1), e.g. 0.1.")
+        _require(_is_seed(self.split_seed), "data.split_seed", self.split_seed, f"use a seed {SEED_RANGE}.")
 
 
 # --- optimizer ---------------------------------------------------------------
@@ -148,12 +161,22 @@ class AdamConfig(OptimizerConfig):
     betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
     eps: float = 1e-8
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _require(len(self.betas) == 2 and all(0.0 <= b < 1.0 for b in self.betas), "optimizer.betas", self.betas,
+                 "give two decay rates in [0, 1), e.g. [0.9,0.999].")
+        _require(self.eps >= 0, "optimizer.eps", self.eps, "use a value >= 0, e.g. 1e-8.")
+
 
 @dataclass
 class SGDConfig(OptimizerConfig):
     name: str = "sgd"
     lr: float = 1e-2
     momentum: float = 0.9
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _require(self.momentum >= 0, "optimizer.momentum", self.momentum, "use a momentum >= 0, e.g. 0.9.")
 
 
 # --- scheduler ---------------------------------------------------------------
@@ -192,6 +215,10 @@ class CosineSchedulerConfig(SchedulerConfig):
     t_max: Optional[int] = None
     eta_min: float = 0.0
 
+    def __post_init__(self) -> None:
+        _require(self.t_max is None or self.t_max >= 1, "scheduler.t_max", self.t_max,
+                 "use null (anneal over trainer.epochs) or a period of at least 1 epoch.")
+
 
 @dataclass
 class PlateauSchedulerConfig(SchedulerConfig):
@@ -228,6 +255,7 @@ class TrainerConfig:
         _require(self.epochs >= 1, "trainer.epochs", self.epochs, "train for at least 1 epoch.")
         _require(len(self.seeds) > 0, "trainer.seeds", self.seeds, "give at least one seed, e.g. trainer.seeds=[0,1,2,3,4].")
         _require(len(set(self.seeds)) == len(self.seeds), "trainer.seeds", self.seeds, "list each seed once.")
+        _require(all(_is_seed(s) for s in self.seeds), "trainer.seeds", self.seeds, f"use seeds {SEED_RANGE}.")
         _require(self.eval_checkpoint in ("last", "best_val"), "trainer.eval_checkpoint", self.eval_checkpoint,
                  "use 'last' (weights after the final epoch) or 'best_val' (the epoch with the best validation accuracy).")
         _require(self.threads is None or self.threads >= 1, "trainer.threads", self.threads, "use null or a count >= 1.")

@@ -1,12 +1,58 @@
-"""Atomic file writes: a reader sees the old file or the whole new one, never half of it."""
+"""Atomic file writes: a reader sees the old file or the whole new one, never half of it.
+
+The bytes go to a hidden temp file beside the target, which is renamed over it once
+complete. A writer killed on the way leaves its temp file behind; readers never look at
+hidden files, and a later write into the same folder deletes it once it is an hour old.
+"""
 
 from __future__ import annotations
 
 import os
-import tempfile
+import re
+import secrets
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Iterator
+
+# A writer touches its temp file every few seconds at most (downloads time out after a
+# minute without data), so one untouched for this long was left by a killed process.
+ABANDONED_AFTER_S = 3600.0
+# `.<target name>.<12 hex digits><suffix>`, as create_temp_beside names them.
+_TEMP_NAME = re.compile(r"\..+\.[0-9a-f]{12}\.(?:tmp|part)")
+
+
+def create_temp_beside(path: Path, suffix: str) -> tuple[int, Path]:
+    """A new temp file `.<name>.<random><suffix>` in path's folder, open for writing; suffix .tmp or .part.
+
+    Hidden and suffixed, so no reader mistakes it for the real file. It gets the mode the
+    umask allows, like any new file (mkstemp's 0600 would make shared caches and results
+    unreadable to the rest of a group once renamed). Temp files that killed writers left
+    in the folder are removed first, so they cannot pile up.
+    """
+    remove_abandoned_temps(path.parent)
+    while True:
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}{suffix}")
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666), tmp
+        except FileExistsError:
+            continue
+
+
+def remove_abandoned_temps(folder: Path, older_than_s: float = ABANDONED_AFTER_S) -> None:
+    cutoff = time.time() - older_than_s
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return
+    for entry in entries:
+        if not _TEMP_NAME.fullmatch(entry.name):
+            continue
+        try:
+            if entry.stat(follow_symlinks=False).st_mtime < cutoff:
+                os.unlink(entry.path)
+        except OSError:
+            pass  # another process removed it first, or it is not ours to remove
 
 
 @contextmanager
@@ -14,7 +60,7 @@ def atomic_open(path: str | os.PathLike, mode: str = "w") -> Iterator[IO]:
     """Open a temp file beside `path`; on a clean exit flush, fsync and rename it over `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = create_temp_beside(path, ".tmp")
     try:
         with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8", "newline": ""})) as fh:
             yield fh
@@ -22,7 +68,7 @@ def atomic_open(path: str | os.PathLike, mode: str = "w") -> Iterator[IO]:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 

@@ -10,7 +10,6 @@ import hashlib
 import http.client
 import logging
 import os
-import tempfile
 import urllib.error
 import urllib.request
 import zipfile
@@ -23,6 +22,7 @@ import torch
 from pneumolab.config import PneumoniaMNISTDataConfig
 from pneumolab.data import Dataset, Split
 from pneumolab.errors import PneumolabError
+from pneumolab.files import create_temp_beside
 
 log = logging.getLogger(__name__)
 
@@ -78,13 +78,12 @@ def download(url: str, dest: Path, md5: str, timeout: float = DOWNLOAD_TIMEOUT_S
     )
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+        fd, tmp = create_temp_beside(dest, ".part")
     except OSError as exc:
         raise PneumolabError(
             f"Cannot write the download cache {dest.parent} ({exc.strerror or exc}). Set data.cache_dir "
             f"(or $PNEUMOLAB_DATA) to a writable folder, or: {by_hand}"
         ) from None
-    tmp = Path(tmp_name)
     try:
         log.info("Downloading %s to %s", url, dest)
         digest = hashlib.md5()
