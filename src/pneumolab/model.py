@@ -55,25 +55,31 @@ def dropout_mask(shape: torch.Size, p: float, generator: torch.Generator | None,
 class StackedMLP:
     """S independent MLPs: weight l is (S, in, out), bias l is (S, 1, out).
 
-    Built from S `MLP`s so both layouts start from identical weights. Each seed's
-    optimizer works on views `weights[l][s]`, whose `.grad` are views into the
-    stacked gradient buffers filled by `backward`.
+    Built from S `MLP`s so both layouts start from identical weights. One optimizer
+    steps `parameters()`; where seeds need their own optimizers, `seed_parameters(s)`
+    gives views of seed s's slices whose `.grad` are views into the gradient buffer.
     """
 
     def __init__(self, mlps: list[MLP], device: torch.device):
         self.negative_slope = mlps[0].negative_slope
         self.dropout = mlps[0].dropout
         self.training = True
-        n_layers = len(mlps[0].linears)
-        self.weights = [
-            torch.stack([m.linears[l].weight.detach().T for m in mlps]).contiguous().to(device) for l in range(n_layers)
-        ]
-        self.biases = [
-            torch.stack([m.linears[l].bias.detach()[None, :] for m in mlps]).contiguous().to(device)
-            for l in range(n_layers)
-        ]
-        self.weight_grads = [torch.zeros_like(w) for w in self.weights]
-        self.bias_grads = [torch.zeros_like(b) for b in self.biases]
+        layers = [[m.linears[l] for m in mlps] for l in range(len(mlps[0].linears))]
+        stacked = [torch.stack([lin.weight.detach().T for lin in layer]) for layer in layers]
+        stacked += [torch.stack([lin.bias.detach()[None, :] for lin in layer]) for layer in layers]
+        # Every tensor lives in one flat buffer (and its gradient in another), so the optimizer
+        # steps a single tensor: its per-tensor Python work is a large part of a small step.
+        self.flat = torch.cat([t.reshape(-1) for t in stacked]).to(device)
+        self.flat_grad = torch.zeros_like(self.flat)
+        self.flat.grad = self.flat_grad
+        views, grad_views, offset = [], [], 0
+        for t in stacked:
+            views.append(self.flat[offset : offset + t.numel()].view(t.shape))
+            grad_views.append(self.flat_grad[offset : offset + t.numel()].view(t.shape))
+            offset += t.numel()
+        n = len(layers)
+        self.weights, self.biases = views[:n], views[n:]
+        self.weight_grads, self.bias_grads = grad_views[:n], grad_views[n:]
         self._saved: list[torch.Tensor] = []
         self._masks: list[torch.Tensor | None] = []
 
@@ -82,10 +88,8 @@ class StackedMLP:
         return self.weights[0].shape[0]
 
     def parameters(self) -> list[torch.Tensor]:
-        """The stacked tensors, with `.grad` set to the stacked gradient buffers."""
-        for p, g in zip(self.weights + self.biases, self.weight_grads + self.bias_grads):
-            p.grad = g
-        return self.weights + self.biases
+        """The one flat parameter buffer; its `.grad` is the buffer `backward` fills."""
+        return [self.flat]
 
     def seed_parameters(self, s: int) -> list[torch.Tensor]:
         """Views of seed s's parameters, with `.grad` pointing into the stacked gradients."""
