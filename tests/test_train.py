@@ -69,9 +69,14 @@ def test_stacked_and_sequential_layouts_agree_per_seed(toy, variant):
 
 
 def test_a_seed_does_not_depend_on_its_neighbours(toy):
-    together = fit(settings(), toy, torch.device("cpu"))
-    alone = fit(settings(trainer=TrainerConfig(epochs=4, seeds=[2])), toy, torch.device("cpu"))
-    assert run_numbers([together[2]]) == run_numbers(alone)
+    together = fit(settings(), toy, torch.device("cpu"))[2]
+    (alone,) = fit(settings(trainer=TrainerConfig(epochs=4, seeds=[2])), toy, torch.device("cpu"))
+    # Same draws, same arithmetic; only float rounding may differ, as BLAS kernels can
+    # pick other code paths for other matrix addresses and batch counts.
+    for key in ("train_loss", "val_loss"):
+        np.testing.assert_allclose(together.history[key], alone.history[key], rtol=1e-5)
+    assert together.history["lr"] == alone.history["lr"]
+    np.testing.assert_allclose(together.test_scores, alone.test_scores, atol=1e-5)
 
 
 def test_same_seed_is_bitwise_repeatable_and_seeds_differ(toy):

@@ -70,10 +70,12 @@ def load_folder(cfg: FolderDataConfig) -> Dataset:
     source = f"folder {root} ({cfg.image_size} px)"
     if _is_tiny(splits["val"]):
         # Fold a tiny val/ into train so none of its images are lost, then hold out a stratified share.
-        pool = Split(
-            torch.cat([splits["train"].images, splits["val"].images]),
-            torch.cat([splits["train"].labels, splits["val"].labels]),
-        )
+        pool = splits["train"]
+        if len(splits["val"]):
+            pool = Split(
+                torch.cat([pool.images, splits["val"].images]),
+                torch.cat([pool.labels, splits["val"].labels]),
+            )
         keep, held = stratified_holdout(pool.labels.numpy(), cfg.val_fraction, cfg.split_seed)
         splits["train"], splits["val"] = pool.take(keep), pool.take(held)
         source = f"folder {root} ({cfg.image_size} px, val = {cfg.val_fraction:g} of train, split seed {cfg.split_seed})"
@@ -175,7 +177,13 @@ def decode_images(paths: list[Path], size: int) -> np.ndarray:
         log.warning("No process pool (%s); decoding in this process instead.", exc)
         return _decode_chunk(paths, size)
     try:
-        return np.concatenate(list(pool.map(_decode_chunk, chunks, repeat(size))))
+        # Filled chunk by chunk as results arrive, so the decoded images are never held twice.
+        out = np.empty((len(paths), size, size), dtype=np.uint8)
+        start = 0
+        for block in pool.map(_decode_chunk, chunks, repeat(size)):
+            out[start : start + len(block)] = block
+            start += len(block)
+        return out
     except BrokenProcessPool as exc:
         log.warning("The decoding processes died (%s); decoding in this process instead.", exc)
         return _decode_chunk(paths, size)

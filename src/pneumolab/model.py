@@ -138,12 +138,10 @@ class StackedMLP:
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """Inference on shared inputs x: (N, D) -> (S, N, K), no dropout, nothing kept."""
-        h = x.unsqueeze(0).expand(self.n_seeds, -1, -1)
-        last = len(self.weights) - 1
-        for l, (w, b) in enumerate(zip(self.weights, self.biases)):
-            h = torch.baddbmm(b, h, w)
-            if l < last:
-                h = nn.functional.leaky_relu(h, self.negative_slope)
+        # The first layer seed by seed: a batched matmul would first copy x once per seed.
+        h = torch.stack([torch.addmm(self.biases[0][s], x, self.weights[0][s]) for s in range(self.n_seeds)])
+        for w, b in zip(self.weights[1:], self.biases[1:]):
+            h = torch.baddbmm(b, nn.functional.leaky_relu(h, self.negative_slope), w)
         return h
 
     def state(self, s: int) -> list[torch.Tensor]:

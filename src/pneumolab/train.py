@@ -20,7 +20,8 @@ from pneumolab.errors import PneumolabError
 from pneumolab.heads import Head, make_head
 from pneumolab.model import MLP, StackedMLP
 
-EVAL_CHUNK = 2048
+# Rows per evaluation chunk: bounds the float copy of 224 px images to ~100 MB.
+EVAL_CHUNK = 512
 HISTORY_KEYS = ("epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc")
 
 
