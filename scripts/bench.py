@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
 from pneumolab.config import (  # noqa: E402
-    AdamConfig, Config, FolderDataConfig, HeadConfig, MLPConfig, PhantomDataConfig, StepSchedulerConfig, TrainerConfig,
+    AdamConfig, Config, HeadConfig, MLPConfig, PhantomDataConfig, StepSchedulerConfig, TrainerConfig,
 )
 from pneumolab.data import Dataset, load_data  # noqa: E402
 from pneumolab.train import fit  # noqa: E402

@@ -28,7 +28,7 @@ from pneumolab.cli import config_dir, run_job
 from pneumolab.config import register_configs
 from pneumolab.errors import PneumolabError
 from test_cli import copy_tiny_xray
-from test_medmnist import server, write_npz  # noqa: F401 - `server` is a fixture used here
+from test_medmnist import write_npz
 
 # Small enough that a case which is not refused still finishes in seconds.
 FAST = ["trainer.epochs=1", "trainer.seeds=[0]"]
@@ -224,15 +224,6 @@ def check_message(message: str, needles: list[str]) -> None:
     assert "\n" not in message.strip(), f"not one paragraph: {message!r}"
     for needle in needles:
         assert needle in message
-
-
-@pytest.fixture
-def restore_torch_state():
-    """run_job sets process-wide torch options; give the next test the ones it had."""
-    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
-    yield
-    torch.set_num_threads(threads)
-    torch.use_deterministic_algorithms(deterministic)
 
 
 def run_in_process(overrides: list[str], job: Path) -> float | None:

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from conftest import pneumolab_command, subprocess_env
-from test_bad_input import restore_torch_state, run_in_process  # noqa: F401 - a fixture used here
+from test_bad_input import run_in_process
 
 TINY = ["trainer.epochs=2", "data.limit_per_class=40"]
 

@@ -9,7 +9,7 @@ import subprocess
 from pathlib import Path
 
 from conftest import pneumolab_command, subprocess_env
-from test_bad_input import restore_torch_state, run_in_process  # noqa: F401 - a fixture used here
+from test_bad_input import run_in_process
 
 # SGD with momentum 0.9 on 80 phantom images: seed 6 diverges from lr 1.35 up, seed 2 only
 # from 2.6 up (both within three epochs), so lr 1.9 splits them with a wide margin.

@@ -1,6 +1,4 @@
-import functools
 import hashlib
-import http.server
 import socket
 import threading
 from pathlib import Path
@@ -39,24 +37,6 @@ def md5_of(path: Path) -> str:
 def cache(tmp_path, monkeypatch) -> Path:
     monkeypatch.setenv("PNEUMOLAB_DATA", str(tmp_path / "cache"))
     return tmp_path / "cache"
-
-
-@pytest.fixture
-def server(tmp_path):
-    """An HTTP server on 127.0.0.1 serving tmp_path/served; yields its base URL."""
-    served = tmp_path / "served"
-    served.mkdir()
-
-    class QuietHandler(http.server.SimpleHTTPRequestHandler):
-        def log_message(self, *args):
-            pass
-
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(QuietHandler, directory=served))
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}", served
-    httpd.shutdown()
-    httpd.server_close()
 
 
 def test_loads_a_28px_npz(tmp_path, cache):

@@ -1,10 +1,8 @@
 """The wheel carries conf/: an installed pneumolab composes and runs from any directory."""
 
 import json
-import os
 import subprocess
 import sys
-from pathlib import Path
 
 from conftest import REPO, subprocess_env
 

@@ -18,7 +18,7 @@ from pneumolab.errors import PneumolabError
 from pneumolab.files import atomic_write_text
 from pneumolab.medmnist import download
 from test_cli import copy_tiny_xray
-from test_medmnist import md5_of, server, write_npz  # noqa: F401 - `server` is a fixture used here
+from test_medmnist import md5_of, write_npz
 
 
 def snapshot(folder: Path) -> dict[str, tuple[int, int, int]]:

@@ -27,6 +27,7 @@ from pneumolab.files import atomic_write_text
 from pneumolab.metrics import welch_ttest
 from pneumolab.plots import plot_curves_grid, plot_summary
 from pneumolab.results import FAILURE, METRICS_CSV, RESULTS, read_json, read_metrics_csv
+from pneumolab.sweep import natural_key, read_point
 
 REPORT_MD = "REPORT.md"
 RUN_RECORD = "reproduce_run.json"
@@ -147,13 +148,9 @@ class Job:
 
 
 def read_job(path: Path) -> Job | None:
-    results = read_json(path / RESULTS)
-    if results is not None:
-        return Job(path, results["config"], results=results)
-    failure = read_json(path / FAILURE)
-    if failure is not None:
-        return Job(path, failure.get("config") or {}, error=str(failure.get("error")))
-    return None
+    """The job in `path`, read the way sweep summaries read it (the newer of its files wins)."""
+    point = read_point(path)
+    return None if point is None else Job(path, point.config, results=point.results, error=point.error)
 
 
 def has_jobs(sweep_dir: Path) -> bool:
@@ -169,17 +166,13 @@ def find_sweep_dir(directory: Path) -> Path:
 def read_sweep(sweep_dir: Path) -> tuple[list[Job], list[Path]]:
     """Every job that finished or failed, and the job directories that did neither."""
     jobs, unfinished = [], []
-    for path in sorted((p for p in sweep_dir.iterdir() if p.is_dir()), key=job_order):
+    for path in sorted((p for p in sweep_dir.iterdir() if p.is_dir()), key=natural_key):
         job = read_job(path)
         if job is not None:
             jobs.append(job)
         elif (path / ".hydra").is_dir():
             unfinished.append(path)
     return jobs, unfinished
-
-
-def job_order(path: Path) -> tuple[int, str]:
-    return (int(path.name), "") if path.name.isdigit() else (sys.maxsize, path.name)
 
 
 # --- the comparisons the report draws conclusions from -----------------------
