@@ -145,6 +145,20 @@ def test_welch_by_hand():
     json.dumps(r)
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_welch_and_ci_match_scipy_stats(seed):
+    rng = np.random.default_rng(seed)
+    a = rng.normal(0.75, 0.02, size=rng.integers(2, 9))
+    b = rng.normal(0.76, rng.uniform(0.001, 0.05), size=rng.integers(2, 9))
+    reference = stats.ttest_ind(a, b, equal_var=False)
+    r = welch_ttest(list(a), list(b))
+    assert r["t"] == pytest.approx(reference.statistic, rel=1e-10)
+    assert r["p"] == pytest.approx(reference.pvalue, rel=1e-8)
+    s = summarize(list(a))
+    low, high = stats.t.interval(0.95, df=len(a) - 1, loc=a.mean(), scale=stats.sem(a))
+    assert (s["ci95_low"], s["ci95_high"]) == pytest.approx((low, high), rel=1e-10)
+
+
 def test_welch_clear_difference_is_significant():
     r = welch_ttest([0.80, 0.81, 0.82, 0.80, 0.81], [0.70, 0.71, 0.69, 0.70, 0.72])
     assert r["diff"] > 0 and r["p"] < 0.001 and r["significant"] is True

@@ -12,7 +12,10 @@ import math
 from typing import Sequence
 
 import numpy as np
-from scipy import stats
+
+# scipy.special's Student-t functions, not scipy.stats: the latter takes a second to import in
+# every job process, and these two are all the statistics here need.
+from scipy.special import stdtr, stdtrit
 
 
 def binary_metrics(labels: np.ndarray, scores: np.ndarray, threshold_pred: np.ndarray) -> dict:
@@ -88,7 +91,7 @@ def summarize(values: Sequence[float | None]) -> dict:
     if n == 1:
         return {"mean": mean, "std": 0.0, "ci95_low": mean, "ci95_high": mean, "n": 1}
     std = float(x.std(ddof=1))
-    half_width = float(stats.t.ppf(0.975, df=n - 1)) * std / math.sqrt(n)
+    half_width = float(stdtrit(n - 1, 0.975)) * std / math.sqrt(n)
     return {"mean": mean, "std": std, "ci95_low": mean - half_width, "ci95_high": mean + half_width, "n": n}
 
 
@@ -111,9 +114,11 @@ def welch_ttest(a: Sequence[float | None], b: Sequence[float | None]) -> dict:
         diff = float(xa[0] - xb[0])
         p = 1.0 if diff == 0 else 0.0
         return {"diff": diff, "t": None, "p": p, "significant": p < 0.05}
-    result = stats.ttest_ind(xa, xb, equal_var=False)
-    p = float(result.pvalue)
-    return {"diff": diff, "t": float(result.statistic), "p": p, "significant": p < 0.05}
+    se2_a, se2_b = xa.var(ddof=1) / xa.size, xb.var(ddof=1) / xb.size
+    t = diff / math.sqrt(se2_a + se2_b)
+    df = (se2_a + se2_b) ** 2 / (se2_a**2 / (xa.size - 1) + se2_b**2 / (xb.size - 1))  # Welch–Satterthwaite
+    p = float(2 * stdtr(df, -abs(t)))
+    return {"diff": diff, "t": float(t), "p": p, "significant": p < 0.05}
 
 
 def _rank_auc(y: np.ndarray, s: np.ndarray) -> float | None:
@@ -123,7 +128,9 @@ def _rank_auc(y: np.ndarray, s: np.ndarray) -> float | None:
     # A NaN score (diverged model) ranks nothing, and one class leaves no pairs to compare.
     if n_pos == 0 or n_neg == 0 or not np.all(np.isfinite(s)):
         return None
-    ranks = stats.rankdata(s)  # average ranks over ties give each tied pair half a win
+    # 1-based ranks, tied scores sharing their average rank: each tied pair counts half a win.
+    _, group, counts = np.unique(s, return_inverse=True, return_counts=True)
+    ranks = (np.cumsum(counts) - (counts - 1) / 2)[group]
     u_pos = ranks[y == 1].sum() - n_pos * (n_pos + 1) / 2
     return float(u_pos / (n_pos * n_neg))
 

@@ -65,21 +65,28 @@ class StackedMLP:
         self.dropout = mlps[0].dropout
         self.training = True
         layers = [[m.linears[l] for m in mlps] for l in range(len(mlps[0].linears))]
-        stacked = [torch.stack([lin.weight.detach().T for lin in layer]) for layer in layers]
-        stacked += [torch.stack([lin.bias.detach()[None, :] for lin in layer]) for layer in layers]
+        n_seeds = len(mlps)
+        shapes = [(n_seeds, layer[0].in_features, layer[0].out_features) for layer in layers]
+        shapes += [(n_seeds, 1, layer[0].out_features) for layer in layers]
         # Every tensor lives in one flat buffer (and its gradient in another), so the optimizer
         # steps a single tensor: its per-tensor Python work is a large part of a small step.
-        self.flat = torch.cat([t.reshape(-1) for t in stacked]).to(device)
+        self.flat = torch.empty(sum(math.prod(shape) for shape in shapes), device=device)
         self.flat_grad = torch.zeros_like(self.flat)
         self.flat.grad = self.flat_grad
         views, grad_views, offset = [], [], 0
-        for t in stacked:
-            views.append(self.flat[offset : offset + t.numel()].view(t.shape))
-            grad_views.append(self.flat_grad[offset : offset + t.numel()].view(t.shape))
-            offset += t.numel()
+        for shape in shapes:
+            size = math.prod(shape)
+            views.append(self.flat[offset : offset + size].view(shape))
+            grad_views.append(self.flat_grad[offset : offset + size].view(shape))
+            offset += size
         n = len(layers)
         self.weights, self.biases = views[:n], views[n:]
         self.weight_grads, self.bias_grads = grad_views[:n], grad_views[n:]
+        # Seed by seed, straight into the buffer: a 224 px first layer is 25 MB per seed.
+        for weight, bias, layer in zip(self.weights, self.biases, layers):
+            for s, linear in enumerate(layer):
+                weight[s].copy_(linear.weight.detach().T)
+                bias[s, 0].copy_(linear.bias.detach())
         self._saved: list[torch.Tensor] = []
         self._masks: list[torch.Tensor | None] = []
 
@@ -110,7 +117,7 @@ class StackedMLP:
                 self._saved.append(h)
             h = torch.baddbmm(b, h, w)
             if l < last:
-                h = nn.functional.leaky_relu(h, self.negative_slope)
+                h = nn.functional.leaky_relu_(h, self.negative_slope)
                 if self.training and self.dropout > 0:
                     mask = torch.stack(
                         [dropout_mask(h.shape[1:], self.dropout, g, h.device) for g in dropout_generators]

@@ -16,6 +16,8 @@ each full-size array costs a handful of broadcast operations, so the default
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 
@@ -30,20 +32,23 @@ _MAX_BLOBS = 5
 
 
 def load_phantom(cfg: PhantomDataConfig) -> Dataset:
-    sizes = {"train": cfg.n_train, "val": cfg.n_val, "test": cfg.n_test}
-    fractions = {
-        "train": cfg.pneumonia_fraction_train,
-        "val": cfg.pneumonia_fraction_train,
-        "test": cfg.pneumonia_fraction_test,
-    }
+    sizes = (cfg.n_train, cfg.n_val, cfg.n_test)
+    fractions = (cfg.pneumonia_fraction_train, cfg.pneumonia_fraction_train, cfg.pneumonia_fraction_test)
+    return _generate(cfg.seed, cfg.image_size, sizes, fractions)
+
+
+# The sweep jobs a worker process runs one after another mostly ask for the same images;
+# the tensors are never written to, so later jobs share the first one's.
+@functools.lru_cache(maxsize=1)
+def _generate(seed: int, image_size: int, sizes: tuple[int, ...], fractions: tuple[float, ...]) -> Dataset:
     splits = {}
     for index, name in enumerate(_SPLITS):
         # One stream per split, so resizing one split leaves the others unchanged.
-        rng = np.random.default_rng([cfg.seed, index])
-        labels = _draw_labels(rng, sizes[name], fractions[name])
-        images = render(rng, labels, cfg.image_size)
+        rng = np.random.default_rng([seed, index])
+        labels = _draw_labels(rng, sizes[index], fractions[index])
+        images = render(rng, labels, image_size)
         splits[name] = Split(torch.from_numpy(images[:, None]), torch.from_numpy(labels))
-    return Dataset(**splits, source=f"phantom (seed {cfg.seed}, {cfg.image_size} px)")
+    return Dataset(**splits, source=f"phantom (seed {seed}, {image_size} px)")
 
 
 def _draw_labels(rng: np.random.Generator, n: int, pneumonia_fraction: float) -> np.ndarray:

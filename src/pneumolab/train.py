@@ -14,11 +14,12 @@ from typing import Callable, Protocol
 import numpy as np
 import torch
 
-from pneumolab.config import Config, OptimizerConfig, SchedulerConfig
+from pneumolab.config import Config, OptimizerConfig
 from pneumolab.data import Dataset, Split, normalize
 from pneumolab.errors import PneumolabError
 from pneumolab.heads import Head, make_head
 from pneumolab.model import MLP, StackedMLP
+from pneumolab.optim import Optimizer, make_optimizer, make_schedule
 
 # Rows per evaluation chunk: bounds the float copy of 224 px images to ~100 MB.
 EVAL_CHUNK = 512
@@ -61,37 +62,12 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def make_optimizer(params: list[torch.Tensor], cfg: OptimizerConfig) -> torch.optim.Optimizer:
-    if cfg.name == "adam":
-        return torch.optim.Adam(
-            params, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay, fused=True
-        )
-    if cfg.name == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    raise PneumolabError(f"Unknown optimizer {cfg.name!r}: use optimizer=adam or optimizer=sgd.")
-
-
-def make_scheduler(optimizer: torch.optim.Optimizer, cfg: SchedulerConfig, epochs: int):
-    sched = torch.optim.lr_scheduler
-    if cfg.name == "step":
-        return sched.StepLR(optimizer, step_size=cfg.step_size, gamma=cfg.gamma)
-    if cfg.name == "multistep":
-        return sched.MultiStepLR(optimizer, milestones=list(cfg.milestones), gamma=cfg.gamma)
-    if cfg.name == "cosine":
-        return sched.CosineAnnealingLR(optimizer, T_max=cfg.t_max or epochs, eta_min=cfg.eta_min)
-    if cfg.name == "plateau":
-        return sched.ReduceLROnPlateau(optimizer, mode="min", factor=cfg.factor, patience=cfg.patience)
-    if cfg.name == "none":
-        return None
-    raise PneumolabError(f"Unknown scheduler {cfg.name!r}: use step, multistep, cosine, plateau or none.")
-
-
 # --- learners: the two layouts behind one interface -------------------------
 
 
 class Learner(Protocol):
     # Each optimizer with the indices of the seeds it updates (and whose lr it sets).
-    optimizer_groups: list[tuple[torch.optim.Optimizer, list[int]]]
+    optimizer_groups: list[tuple[Optimizer, list[int]]]
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor, active: list[bool]) -> tuple[torch.Tensor, torch.Tensor]:
         """x (S, B, D), y (S, B) -> per-seed mean loss (S,) and logits (S, B, K); steps active seeds."""
@@ -158,10 +134,9 @@ class ModuleLearner:
         logits = self.model(x[0], self.generator)[None]
         loss = self.head.loss(logits, y)
         if active[0]:
-            opt = self.optimizer_groups[0][0]
-            opt.zero_grad(set_to_none=True)
+            self.model.zero_grad(set_to_none=True)
             loss.sum().backward()
-            opt.step()
+            self.optimizer_groups[0][0].step()
         return loss.detach(), logits.detach()
 
     @torch.no_grad()
@@ -246,14 +221,17 @@ def fit_seeds(
     """Train the seeds held by `learner` for trainer.epochs, then evaluate on the test split."""
     epochs = settings.trainer.epochs
     runs = [SeedRun(seed) for seed in seeds]
-    schedules = [(make_scheduler(opt, settings.scheduler, epochs), opt, idx) for opt, idx in learner.optimizer_groups]
+    # One schedule per optimizer: per seed only when the schedule follows each seed's own val loss.
+    schedules = [(make_schedule(settings.scheduler, opt.lr, epochs), opt, idx) for opt, idx in learner.optimizer_groups]
     active = [True] * len(seeds)
     best_val = [-1.0] * len(seeds)
     best_state = [None] * len(seeds)
     mean, std = stats
 
     for epoch in range(1, epochs + 1):
-        lrs = {s: opt.param_groups[0]["lr"] for _, opt, idx in schedules for s in idx}
+        for schedule, opt, _ in schedules:
+            opt.lr = schedule.lr
+        lrs = {s: schedule.lr for schedule, _, idx in schedules for s in idx}
         train_loss, train_acc = train_one_epoch(
             learner, head, splits["train"], generators, settings.data.batch_size, mean, std, active
         )
@@ -277,13 +255,10 @@ def fit_seeds(
                 best_val[s], run.best_epoch = values["val_acc"], epoch
                 if settings.trainer.eval_checkpoint == "best_val":
                     best_state[s] = learner.state(s)
-        for scheduler, _, idx in schedules:
-            if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-                (s,) = idx
-                if active[s]:
-                    scheduler.step(rows[2][s])
-            elif scheduler is not None:
-                scheduler.step()
+        for schedule, _, idx in schedules:
+            # A schedule shared by several seeds never reads the loss (plateau is per seed).
+            if any(active[s] for s in idx):
+                schedule.step(rows[2][idx[0]])
         if on_epoch:
             on_epoch(epoch, epochs, seeds, [r.history["val_acc"][-1] for r in runs])
         if not any(active):
@@ -310,20 +285,20 @@ def fit(settings: Config, dataset: Dataset, device: torch.device, on_epoch: Epoc
     splits = {name: DeviceData.of(split, device) for name, split in dataset.splits().items()}
     seeds = list(settings.trainer.seeds)
 
-    def seeded_mlp(seed: int) -> tuple[MLP, torch.Generator]:
-        generator = torch.Generator().manual_seed(seed)
-        return MLP(settings.model, in_features, head.n_outputs, generator), generator
+    generators = [torch.Generator().manual_seed(seed) for seed in seeds]
+
+    def initial_mlp(generator: torch.Generator) -> MLP:
+        return MLP(settings.model, in_features, head.n_outputs, generator)
 
     if settings.trainer.batched_seeds:
-        mlps, generators = zip(*(seeded_mlp(seed) for seed in seeds))
         per_seed_lr = settings.scheduler.name == "plateau"
-        model = StackedMLP(list(mlps), device)
-        learner = StackedLearner(model, head, settings.optimizer, per_seed_lr, list(generators))
-        return fit_seeds(learner, seeds, list(generators), settings, head, splits, stats, on_epoch)
+        # The modules only carry each seed's initial weights into the stacked buffer; none outlives this line.
+        model = StackedMLP([initial_mlp(g) for g in generators], device)
+        learner = StackedLearner(model, head, settings.optimizer, per_seed_lr, generators)
+        return fit_seeds(learner, seeds, generators, settings, head, splits, stats, on_epoch)
 
     runs = []
-    for seed in seeds:
-        mlp, generator = seeded_mlp(seed)
-        learner = ModuleLearner(mlp.to(device), head, settings.optimizer, generator)
+    for seed, generator in zip(seeds, generators):
+        learner = ModuleLearner(initial_mlp(generator).to(device), head, settings.optimizer, generator)
         runs += fit_seeds(learner, [seed], [generator], settings, head, splits, stats, on_epoch)
     return runs
