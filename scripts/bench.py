@@ -8,6 +8,7 @@ torchvision transforms and a DataLoader, one nn.Module per seed. It runs at
 whichever of 1 or 2 threads is faster for it; pneumolab runs as users run it.
 Both train on the same phantom data (PneumoniaMNIST sizes, 28 px) with the same
 settings, and every figure printed is a ratio of numbers taken in this one run.
+Each engine timing is the fastest of several interleaved rounds (see `best_of`).
 """
 
 from __future__ import annotations
@@ -168,7 +169,7 @@ def folder_load_seconds(root: Path, cache: Path, image_size: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--epochs", type=int, default=3, help="epochs per timing (rates are per seed-epoch)")
-    parser.add_argument("--rounds", type=int, default=3, help="runs of each timing; the fastest counts")
+    parser.add_argument("--rounds", type=int, default=5, help="runs of each timing; the fastest counts")
     parser.add_argument("--root", type=Path, default=REPO.parent / "shared" / "data" / "chest_xray")
     parser.add_argument("--skip-report", action="store_true", help="skip the full-report wall time")
     parser.add_argument("--skip-folder", action="store_true", help="skip the image cache and 224 px memory checks")
