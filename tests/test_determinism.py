@@ -55,25 +55,32 @@ from hydra import compose, initialize_config_dir
 from pneumolab.cli import config_dir, configure_torch
 from pneumolab.config import register_configs, to_settings
 
+def subnormals_flushed():
+    return (torch.tensor([1e-39]) * 1.0).item() == 0.0
+
+
 register_configs()
+print("before", subnormals_flushed())
 with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
     for value in sys.argv[1:]:
         configure_torch(to_settings(compose("config", overrides=[f"trainer.deterministic={value}"])))
         print(value, torch.are_deterministic_algorithms_enabled(), os.environ.get("CUBLAS_WORKSPACE_CONFIG"),
-              torch.cuda.is_initialized())
+              torch.cuda.is_initialized(), subnormals_flushed(), torch.get_num_threads())
 """
 
 
-def test_the_deterministic_switch_sets_torch_up_before_cuda_starts():
+def test_configure_torch_sets_the_switches_before_cuda_starts():
     env = subprocess_env()
     env.pop("CUBLAS_WORKSPACE_CONFIG", None)
     proc = subprocess.run([sys.executable, "-c", CONFIGURE_TORCH, "false", "true", "false"], env=env,
                           capture_output=True, text=True, timeout=120, check=True)
     assert proc.stdout.splitlines() == [
-        "false False None False",
-        "true True :4096:8 False",
+        "before False",
+        # Every job also flushes subnormal floats (they slow early epochs down) and trains on one thread.
+        "false False None False True 1",
+        "true True :4096:8 False True 1",
         # A later job of the same sweep process that does not ask for it gets the fast kernels back.
-        "false False :4096:8 False",
+        "false False :4096:8 False True 1",
     ]
 
 
