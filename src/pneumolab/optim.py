@@ -19,8 +19,8 @@ import math
 import torch
 
 from pneumolab.config import (
-    AdamConfig, CosineSchedulerConfig, MultiStepSchedulerConfig, OptimizerConfig, PlateauSchedulerConfig,
-    SchedulerConfig, SGDConfig, StepSchedulerConfig,
+    AdamConfig, CosineSchedulerConfig, MultiStepSchedulerConfig, NoSchedulerConfig, OptimizerConfig,
+    PlateauSchedulerConfig, SchedulerConfig, SGDConfig, StepSchedulerConfig,
 )
 from pneumolab.errors import PneumolabError
 
@@ -164,10 +164,7 @@ class PlateauSchedule(ConstantSchedule):
             self.bad_epochs = 0
 
 
-Schedule = ConstantSchedule
-
-
-def make_schedule(cfg: SchedulerConfig, base_lr: float, epochs: int) -> Schedule:
+def make_schedule(cfg: SchedulerConfig, base_lr: float, epochs: int) -> ConstantSchedule:
     if isinstance(cfg, StepSchedulerConfig):
         return StepSchedule(base_lr, cfg.step_size, cfg.gamma)
     if isinstance(cfg, MultiStepSchedulerConfig):
@@ -176,6 +173,6 @@ def make_schedule(cfg: SchedulerConfig, base_lr: float, epochs: int) -> Schedule
         return CosineSchedule(base_lr, cfg.t_max or epochs, cfg.eta_min)
     if isinstance(cfg, PlateauSchedulerConfig):
         return PlateauSchedule(base_lr, cfg.factor, cfg.patience)
-    if cfg.name == "none":
+    if isinstance(cfg, NoSchedulerConfig):
         return ConstantSchedule(base_lr)
     raise PneumolabError(f"Unknown scheduler {cfg.name!r}: use step, multistep, cosine, plateau or none.")
