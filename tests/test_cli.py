@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from conftest import pneumolab_command, subprocess_env
+from pneumolab.workers import usable_cores
 
 PER_SEED_KEYS = {
     "seed", "test_acc", "test_auc", "test_sensitivity", "test_specificity", "test_f1", "test_confusion",
@@ -81,6 +82,20 @@ def test_same_command_gives_identical_numbers(tmp_path):
         assert run_pneumolab(tmp_path, *args, f"hydra.run.dir={tmp_path / name}").returncode == 0
         per_seed.append(json.loads((tmp_path / name / "results.json").read_text())["per_seed"])
     assert per_seed[0] == per_seed[1]
+
+
+def test_a_single_run_splits_the_seeds_over_cores_without_changing_a_number(tmp_path):
+    args = ("trainer.epochs=2", "trainer.seeds=[0,1,2,3,4]", "data.limit_per_class=40", "head=bce")
+    outputs = {}
+    for name, extra in (("auto", ()), ("one", ("trainer.processes=1",))):
+        job = tmp_path / name
+        proc = run_pneumolab(tmp_path, *args, *extra, f"hydra.run.dir={job}")
+        assert proc.returncode == 0, proc.stderr
+        results = json.loads((job / "results.json").read_text())
+        outputs[name] = (results["per_seed"], (job / "metrics.csv").read_text(), (job / "cli.log").read_text())
+    assert f"device cpu, {min(usable_cores(), 2)} process" in outputs["auto"][2]
+    assert "device cpu, 1 process" in outputs["one"][2]
+    assert outputs["auto"][:2] == outputs["one"][:2]
 
 
 def copy_tiny_xray(src: Path, dst: Path, per_class: int) -> None:

@@ -63,6 +63,9 @@ def test_a_wrong_type_fails_at_composition(override):
         (["trainer.device=tpu"], "trainer.device"),
         (["data=folder", "data.root=/x", "data.image_size=0"], "data.image_size"),
         (["optimizer.lr=-1"], "optimizer.lr"),
+        (["trainer.processes=3"], "trainer.processes"),  # 5 seeds: at most 2 processes of 2+ seeds
+        (["trainer.processes=0"], "trainer.processes"),
+        (["trainer.processes=2", "trainer.threads=2"], "trainer.processes"),
     ],
 )
 def test_invalid_values_fail_with_the_key_named(overrides, key):

@@ -43,4 +43,6 @@ def test_losses_match_torch_and_gradient_matches_autograd(name):
             ref = F.cross_entropy(logits[s], labels[s])
         assert loss[s].item() == pytest.approx(ref.item(), rel=1e-12)
     (grad,) = torch.autograd.grad(loss.sum(), logits)
-    assert torch.allclose(head.loss_grad(logits.detach(), labels), grad, atol=1e-12)
+    targets = head.targets(labels, torch.float64)
+    assert targets.shape == logits.shape
+    assert torch.allclose(head.loss_grad(logits.detach(), targets), grad, atol=1e-12)

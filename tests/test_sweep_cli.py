@@ -23,10 +23,14 @@ import yaml
 from scipy import stats
 
 from conftest import pneumolab_command, subprocess_env
+from pneumolab.workers import usable_cores
 from test_sweep import read_csv
 
 TINY = ["data.limit_per_class=30", "trainer.epochs=2", "trainer.seeds=[0,1]"]
 LAUNCHERS = ("basic", "joblib", "submitit_local")
+# Four seeds: the basic launcher's jobs have the machine to themselves and split them over
+# two processes (on two or more cores), the parallel launchers' jobs train them in one.
+LAUNCHER_SEEDS = [0, 1, 2, 3]
 # Later points train longer, so the kill after the first point lands while one of them runs.
 RESUMED = ["trainer.epochs=2,100,101", "data.limit_per_class=30", "trainer.seeds=[0,1]"]
 TIMEOUT_S = 400
@@ -59,7 +63,8 @@ def start_sweep(root: Path, name: str, args: list[str]) -> Sweep:
 def sweeps(tmp_path_factory) -> Iterator[dict[str, Sweep]]:
     root = tmp_path_factory.mktemp("sweeps")
     started = {
-        launcher: start_sweep(root, launcher, [f"hydra/launcher={launcher}", "head=bce,ce", *TINY])
+        launcher: start_sweep(root, launcher, [f"hydra/launcher={launcher}", "head=bce,ce", *TINY,
+                                               f"trainer.seeds=[{','.join(map(str, LAUNCHER_SEEDS))}]"])
         for launcher in LAUNCHERS
     }
     # A point that fails validation (batch size 0) and one that fails at run time (every seed diverges).
@@ -116,10 +121,14 @@ def test_launchers_give_the_same_summary(sweeps):
             accs = [entry["test_acc"] for entry in per_seed]
             assert float(row["test_acc_mean"]) == pytest.approx(np.mean(accs), abs=1e-12)
             assert float(row["test_acc_std"]) == pytest.approx(np.std(accs, ddof=1), abs=1e-12)
-            assert (int(row["n_seeds"]), int(row["n_diverged"])) == (2, 0)
+            assert (int(row["n_seeds"]), int(row["n_diverged"])) == (len(LAUNCHER_SEEDS), 0)
         assert (sweep_dir / "summary.png").read_bytes().startswith(b"\x89PNG")
         tables[launcher] = rows
-    # CPU training is deterministic, so every launcher gives the same numbers, to the last digit.
+        processes = min(usable_cores(), 2) if launcher == "basic" else 1
+        for job in ("0", "1"):
+            assert f"device cpu, {processes} process" in (sweep_dir / job / "cli.log").read_text()
+    # CPU training is deterministic, and a seed's numbers do not depend on the process it
+    # trained in, so every launcher gives the same numbers, to the last digit.
     assert tables["joblib"] == tables["basic"] == tables["submitit_local"]
 
 

@@ -9,7 +9,8 @@ from pneumolab.config import (
     StepSchedulerConfig, TrainerConfig,
 )
 from pneumolab.data import Dataset, Split
-from pneumolab.train import fit
+from pneumolab.errors import PneumolabError
+from pneumolab.train import fit, seed_groups, seed_processes
 
 
 def toy_split(n: int, gen: torch.Generator) -> Split:
@@ -77,6 +78,56 @@ def test_a_seed_does_not_depend_on_its_neighbours(toy):
         np.testing.assert_allclose(together.history[key], alone.history[key], rtol=1e-5)
     assert together.history["lr"] == alone.history["lr"]
     np.testing.assert_allclose(together.test_scores, alone.test_scores, atol=1e-5)
+
+
+def same_numbers(a, b) -> bool:
+    return [(r.seed, r.history, r.val_acc) for r in a] == [(r.seed, r.history, r.val_acc) for r in b] and all(
+        np.array_equal(x.test_scores, y.test_scores) for x, y in zip(a, b))
+
+
+@pytest.mark.parametrize("head", ["bce", "ce"])
+def test_seeds_get_the_same_bits_in_any_grouping_and_process(toy, head):
+    # 150 training images in batches of 16 end in a ragged batch of 6, where element-wise
+    # kernels switch to scalar code; five seeds make every stacked tensor an odd size.
+    def run(seeds, processes=1):
+        config = settings(head=HeadConfig(head), trainer=TrainerConfig(epochs=3, seeds=seeds))
+        return fit(config, toy, torch.device("cpu"), processes=processes)
+
+    together = run([0, 1, 2, 3, 4])
+    assert same_numbers(together, run([0, 1, 2]) + run([3, 4]))
+    assert same_numbers(together, run([0, 1]) + run([2, 3, 4]))
+    assert same_numbers(together, run([0, 1, 2, 3, 4], processes=2))
+
+
+def test_seed_groups_are_consecutive_and_balanced():
+    assert seed_groups([0, 1, 2, 3, 4], 1) == [[0, 1, 2, 3, 4]]
+    assert seed_groups([0, 1, 2, 3, 4], 2) == [[0, 1, 2], [3, 4]]
+    assert seed_groups([7, 3, 9, 1, 5, 2, 8], 3) == [[7, 3, 9], [1, 5], [2, 8]]
+
+
+@pytest.mark.parametrize(
+    "seeds, trainer, device, cores, expected",
+    [
+        (5, {}, "cpu", 1, 1),
+        (5, {}, "cpu", 2, 2),
+        (5, {}, "cpu", 16, 2),  # every process keeps two seeds at least
+        (10, {}, "cpu", 4, 4),
+        (1, {}, "cpu", 8, 1),
+        (5, {}, "cuda", 8, 1),  # a GPU trains all seeds as one batch
+        (5, {"threads": 2}, "cpu", 8, 1),  # forking is for one-thread processes only
+        (5, {"processes": 1}, "cpu", 8, 1),
+        (6, {"processes": 3}, "cpu", 1, 3),  # asked for: taken as given
+    ],
+)
+def test_seed_processes_default_to_the_cores_the_job_may_use(seeds, trainer, device, cores, expected):
+    config = settings(trainer=TrainerConfig(seeds=list(range(seeds)), **trainer))
+    assert seed_processes(config, torch.device(device), cores) == expected
+
+
+def test_processes_on_a_gpu_are_refused_with_the_fix():
+    config = settings(trainer=TrainerConfig(seeds=[0, 1, 2, 3], processes=2))
+    with pytest.raises(PneumolabError, match=r"trainer\.processes=2 .* trainer\.processes=null"):
+        seed_processes(config, torch.device("cuda"), 8)
 
 
 def test_same_seed_is_bitwise_repeatable_and_seeds_differ(toy):

@@ -70,8 +70,9 @@ class EpochReport:
             log.info(line)
 
 
-def run_job(cfg: DictConfig, job_dir: Path, overrides: list[str]) -> float | None:
-    """Train, write every output, and return mean validation accuracy (the search objective).
+def run_job(cfg: DictConfig, job_dir: Path, overrides: list[str], cores: int = 1) -> float | None:
+    """Train on up to `cores` CPU cores, write every output, and return mean validation accuracy
+    (the search objective).
 
     None when no seed has one (every seed diverged in an earlier run of this point).
     """
@@ -84,7 +85,7 @@ def run_job(cfg: DictConfig, job_dir: Path, overrides: list[str]) -> float | Non
     from pneumolab.plots import plot_curves, plot_roc
     from pneumolab.metrics import roc_curve
     from pneumolab.results import RESULTS, build_results, read_json, write_metrics_csv, write_results
-    from pneumolab.train import fit, resolve_device
+    from pneumolab.train import fit, resolve_device, seed_processes
 
     config = OmegaConf.to_container(cfg, resolve=True)
     done = read_json(job_dir / RESULTS)
@@ -95,11 +96,13 @@ def run_job(cfg: DictConfig, job_dir: Path, overrides: list[str]) -> float | Non
 
     configure_torch(settings)
     device = resolve_device(settings.trainer.device)
+    processes = seed_processes(settings, device, cores)
     start = time.perf_counter()
     dataset = load_data(settings.data)
-    log.info("data: %s | train %d, val %d, test %d | device %s",
-             dataset.source, len(dataset.train), len(dataset.val), len(dataset.test), device)
-    runs = fit(settings, dataset, device, on_epoch=EpochReport())
+    log.info("data: %s | train %d, val %d, test %d | device %s, %d process%s",
+             dataset.source, len(dataset.train), len(dataset.val), len(dataset.test), device,
+             processes, "es" if processes > 1 else "")
+    runs = fit(settings, dataset, device, on_epoch=EpochReport(), processes=processes)
     wall = time.perf_counter() - start
 
     test_labels = dataset.test.labels.numpy()
@@ -122,6 +125,21 @@ def run_job(cfg: DictConfig, job_dir: Path, overrides: list[str]) -> float | Non
     return float(np.mean([r.val_acc for r in runs if not r.diverged]))
 
 
+# Launchers that run one job at a time on the machine, or each job on its own allocation.
+WHOLE_MACHINE_LAUNCHERS = ("BasicLauncher", "SlurmLauncher")
+
+
+def job_cores(hydra_cfg: DictConfig) -> int:
+    """CPU cores this job may use: all it may run on, unless the launcher runs several jobs
+    side by side on this machine (joblib, submitit_local), which gives each job one core."""
+    from pneumolab.workers import usable_cores
+
+    launcher = str(hydra_cfg.launcher.get("_target_", ""))
+    if hydra_cfg.mode == RunMode.MULTIRUN and not launcher.endswith(WHOLE_MACHINE_LAUNCHERS):
+        return 1
+    return usable_cores()
+
+
 def check_some_seed_converged(results: dict, path: Path) -> None:
     """A job whose every seed diverged has no numbers to report: an error, though its results.json stays."""
     if results["n_diverged"] == len(results["per_seed"]):
@@ -136,9 +154,10 @@ def hydra_entry(cfg: DictConfig) -> float | None:
     hydra_cfg = HydraConfig.get()
     job_dir = Path(hydra_cfg.runtime.output_dir)
     overrides = list(hydra_cfg.overrides.task)
+    cores = job_cores(hydra_cfg)
     if hydra_cfg.mode != RunMode.MULTIRUN:
         try:
-            return run_job(cfg, job_dir, overrides)
+            return run_job(cfg, job_dir, overrides, cores)
         except PneumolabError as exc:
             print(f"pneumolab: error: {exc}", file=sys.stderr)
             sys.exit(2)
@@ -147,7 +166,7 @@ def hydra_entry(cfg: DictConfig) -> float | None:
     from pneumolab.results import write_failure
 
     try:
-        return run_job(cfg, job_dir, overrides)
+        return run_job(cfg, job_dir, overrides, cores)
     except Exception as exc:  # noqa: BLE001 - every failure is recorded, then the sweep goes on
         message = str(exc) if isinstance(exc, PneumolabError) else f"{type(exc).__name__}: {exc}"
         if not isinstance(exc, PneumolabError):

@@ -248,6 +248,10 @@ class TrainerConfig:
     batched_seeds: bool = True
     # Intra-op threads per process; null picks 1, the fastest for these small matrices.
     threads: Optional[int] = None
+    # CPU processes that share the seeds (at least two seeds each); null: one per core when
+    # the job has the machine to itself (a single run, the basic launcher, a SLURM job),
+    # else 1 (joblib and submitit_local already run a job per core).
+    processes: Optional[int] = None
     # CUDA only: deterministic cuBLAS and kernels (slower). CPU runs are always deterministic.
     deterministic: bool = False
 
@@ -259,6 +263,13 @@ class TrainerConfig:
         _require(self.eval_checkpoint in ("last", "best_val"), "trainer.eval_checkpoint", self.eval_checkpoint,
                  "use 'last' (weights after the final epoch) or 'best_val' (the epoch with the best validation accuracy).")
         _require(self.threads is None or self.threads >= 1, "trainer.threads", self.threads, "use null or a count >= 1.")
+        most = max(1, len(self.seeds) // 2)
+        _require(self.processes is None or 1 <= self.processes <= most, "trainer.processes", self.processes,
+                 f"use null (automatic) or 1 to {most}: every process trains at least two of the "
+                 f"{len(self.seeds)} seeds, so that no seed's numbers depend on how they were split.")
+        _require(self.processes in (None, 1) or self.threads in (None, 1), "trainer.processes", self.processes,
+                 "use several processes or several threads (trainer.threads), not both: worker processes "
+                 "are forked, which is only safe before a thread pool exists.")
         dev = self.device
         _require(dev in ("auto", "cpu", "cuda") or (dev.startswith("cuda:") and dev[5:].isdigit()),
                  "trainer.device", dev, "use auto, cpu, cuda or cuda:N.")

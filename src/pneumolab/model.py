@@ -17,6 +17,9 @@ from torch import nn
 
 from pneumolab.config import MLPConfig
 
+# Elements per padded block of the parameter buffer: a multiple of every CPU vector width.
+FLAT_ALIGN = 64
+
 
 def init_linear(layer: nn.Linear, generator: torch.Generator) -> None:
     """`nn.Linear`'s default initialisation, drawn from an explicit generator."""
@@ -70,7 +73,11 @@ class StackedMLP:
         shapes += [(n_seeds, 1, layer[0].out_features) for layer in layers]
         # Every tensor lives in one flat buffer (and its gradient in another), so the optimizer
         # steps a single tensor: its per-tensor Python work is a large part of a small step.
-        self.flat = torch.empty(sum(math.prod(shape) for shape in shapes), device=device)
+        # The buffer is padded (with zeros that stay zero) to whole vectors, so the fused Adam
+        # kernel takes every element through its vector loop, never through the scalar tail that
+        # rounds differently: a seed's numbers then do not depend on the other seeds beside it.
+        total = sum(math.prod(shape) for shape in shapes)
+        self.flat = torch.zeros(-(-total // FLAT_ALIGN) * FLAT_ALIGN, device=device)
         self.flat_grad = torch.zeros_like(self.flat)
         self.flat.grad = self.flat_grad
         views, grad_views, offset = [], [], 0

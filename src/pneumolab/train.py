@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Callable, Protocol
 
 import numpy as np
@@ -20,6 +21,7 @@ from pneumolab.errors import PneumolabError
 from pneumolab.heads import Head, make_head
 from pneumolab.model import MLP, StackedMLP
 from pneumolab.optim import Optimizer, make_optimizer, make_schedule
+from pneumolab.workers import call_side_by_side, fork_available
 
 # Rows per evaluation chunk: bounds the float copy of 224 px images to ~100 MB.
 EVAL_CHUNK = 512
@@ -69,8 +71,9 @@ class Learner(Protocol):
     # Each optimizer with the indices of the seeds it updates (and whose lr it sets).
     optimizer_groups: list[tuple[Optimizer, list[int]]]
 
-    def train_step(self, x: torch.Tensor, y: torch.Tensor, active: list[bool]) -> tuple[torch.Tensor, torch.Tensor]:
-        """x (S, B, D), y (S, B) -> per-seed mean loss (S,) and logits (S, B, K); steps active seeds."""
+    def train_step(self, x: torch.Tensor, y: torch.Tensor, targets: torch.Tensor, active: list[bool]) -> torch.Tensor:
+        """x (S, B, D), labels y (S, B) and `Head.targets` of them -> logits (S, B, K) before the step;
+        steps the active seeds."""
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """x (N, D) -> (S, N, K) in eval mode."""
@@ -101,14 +104,14 @@ class StackedLearner:
         else:
             self.optimizer_groups = [(make_optimizer(model.parameters(), optimizer), seeds)]
 
-    def train_step(self, x, y, active):
+    def train_step(self, x, y, targets, active):
         logits = self.model.forward(x, self.generators)
-        self.model.backward(self.head.loss_grad(logits, y))
+        self.model.backward(self.head.loss_grad(logits, targets))
         for opt, seeds in self.optimizer_groups:
             # A diverged seed sharing an optimizer keeps stepping: its NaNs stay in its own slice.
             if any(active[s] for s in seeds):
                 opt.step()
-        return self.head.loss(logits, y), logits
+        return logits
 
     def logits(self, x):
         return self.model.logits(x)
@@ -130,14 +133,13 @@ class ModuleLearner:
         self.model, self.head, self.generator = model, head, generator
         self.optimizer_groups = [(make_optimizer(list(model.parameters()), optimizer), [0])]
 
-    def train_step(self, x, y, active):
+    def train_step(self, x, y, targets, active):
         logits = self.model(x[0], self.generator)[None]
-        loss = self.head.loss(logits, y)
         if active[0]:
             self.model.zero_grad(set_to_none=True)
-            loss.sum().backward()
+            self.head.loss(logits, y).sum().backward()
             self.optimizer_groups[0][0].step()
-        return loss.detach(), logits.detach()
+        return logits.detach()
 
     @torch.no_grad()
     def logits(self, x):
@@ -158,23 +160,30 @@ class ModuleLearner:
 
 @dataclass
 class DeviceData:
-    """A split on the training device, flattened to (N, D) uint8."""
+    """A split on the training device: (N, D) uint8 images and their labels."""
 
     images: torch.Tensor
     labels: torch.Tensor
+    stats: tuple[float, float]  # the training pixels' mean and std
 
     @classmethod
-    def of(cls, split: Split, device: torch.device) -> "DeviceData":
-        return cls(split.images.flatten(1).to(device), split.labels.to(device))
+    def of(cls, split: Split, device: torch.device, stats: tuple[float, float]) -> "DeviceData":
+        return cls(split.images.flatten(1).to(device), split.labels.to(device), stats)
+
+    def rows(self, index: torch.Tensor | slice) -> torch.Tensor:
+        """Rows gathered by an index tensor, or sliced, as normalised float32."""
+        # index_select on a flat index is a faster gather than images[index].
+        x = self.images[index] if isinstance(index, slice) else self.images.index_select(0, index)
+        return normalize(x, *self.stats)
 
 
 @torch.no_grad()
-def evaluate(learner: Learner, head: Head, data: DeviceData, mean: float, std: float):
+def evaluate(learner: Learner, head: Head, data: DeviceData):
     """Per-seed mean loss (S,), accuracy (S,), pneumonia scores (S, N) and predictions (S, N)."""
     learner.set_training(False)
     losses, scores, preds = [], [], []
     for start in range(0, len(data.labels), EVAL_CHUNK):
-        x = normalize(data.images[start : start + EVAL_CHUNK], mean, std)
+        x = data.rows(slice(start, start + EVAL_CHUNK))
         y = data.labels[start : start + EVAL_CHUNK]
         logits = learner.logits(x)
         labels = y.expand(logits.shape[0], -1)
@@ -190,22 +199,23 @@ def evaluate(learner: Learner, head: Head, data: DeviceData, mean: float, std: f
 EpochCallback = Callable[[int, int, list[int], list[float]], None]
 
 
-def train_one_epoch(learner: Learner, head: Head, data: DeviceData, generators, batch_size, mean, std, active):
+def train_one_epoch(learner: Learner, head: Head, data: DeviceData, generators, batch_size, active):
     """One pass over the training split, each seed in its own order; returns loss and accuracy (S,)."""
     learner.set_training(True)
     n = len(data.labels)
     order = torch.stack([torch.randperm(n, generator=g) for g in generators]).to(data.images.device)
-    loss_sum = torch.zeros(len(generators), device=data.images.device)
-    correct = torch.zeros(len(generators), device=data.images.device)
+    labels = data.labels[order]
+    targets = head.targets(labels, torch.float32)
+    logits = []
     for start in range(0, n, batch_size):
         idx = order[:, start : start + batch_size]
-        y = data.labels[idx]
-        # index_select on the flat index is a faster gather than data.images[idx].
-        x = data.images.index_select(0, idx.reshape(-1)).view(*idx.shape, -1)
-        loss, logits = learner.train_step(normalize(x, mean, std), y, active)
-        loss_sum += loss * idx.shape[1]
-        correct += (head.predict(logits) == y).sum(1)
-    return loss_sum / n, correct / n
+        x = data.rows(idx.reshape(-1)).view(*idx.shape, -1)
+        batch = slice(start, start + batch_size)
+        logits.append(learner.train_step(x, labels[:, batch], targets[:, batch], active))
+    # The epoch's loss and accuracy come from the logits each batch had before its step,
+    # in one pass here rather than a dozen small operations in every step.
+    logits = torch.cat(logits, dim=1)
+    return head.loss(logits, labels), (head.predict(logits) == labels).float().mean(1)
 
 
 def fit_seeds(
@@ -215,7 +225,6 @@ def fit_seeds(
     settings: Config,
     head: Head,
     splits: dict[str, DeviceData],
-    stats: tuple[float, float],
     on_epoch: EpochCallback | None = None,
 ) -> list[SeedRun]:
     """Train the seeds held by `learner` for trainer.epochs, then evaluate on the test split."""
@@ -226,16 +235,15 @@ def fit_seeds(
     active = [True] * len(seeds)
     best_val = [-1.0] * len(seeds)
     best_state = [None] * len(seeds)
-    mean, std = stats
 
     for epoch in range(1, epochs + 1):
         for schedule, opt, _ in schedules:
             opt.lr = schedule.lr
         lrs = {s: schedule.lr for schedule, _, idx in schedules for s in idx}
         train_loss, train_acc = train_one_epoch(
-            learner, head, splits["train"], generators, settings.data.batch_size, mean, std, active
+            learner, head, splits["train"], generators, settings.data.batch_size, active
         )
-        val_loss, val_acc, _, _ = evaluate(learner, head, splits["val"], mean, std)
+        val_loss, val_acc, _, _ = evaluate(learner, head, splits["val"])
         # The one host sync of the epoch.
         rows = torch.stack([train_loss, train_acc, val_loss, val_acc]).cpu().tolist()
         for s, run in enumerate(runs):
@@ -267,8 +275,8 @@ def fit_seeds(
     for s, run in enumerate(runs):
         if best_state[s] is not None:
             learner.load_state(s, best_state[s])
-    _, val_acc, _, _ = evaluate(learner, head, splits["val"], mean, std)
-    _, _, scores, preds = evaluate(learner, head, splits["test"], mean, std)
+    _, val_acc, _, _ = evaluate(learner, head, splits["val"])
+    _, _, scores, preds = evaluate(learner, head, splits["test"])
     val_acc, scores, preds = val_acc.cpu().numpy(), scores.cpu().numpy(), preds.cpu().numpy()
     for s, run in enumerate(runs):
         if not run.diverged:
@@ -277,14 +285,9 @@ def fit_seeds(
     return runs
 
 
-def fit(settings: Config, dataset: Dataset, device: torch.device, on_epoch: EpochCallback | None = None) -> list[SeedRun]:
-    """Train every seed of `settings.trainer.seeds` on `dataset`."""
-    head = make_head(settings.head.name)
-    in_features = int(np.prod(dataset.image_shape))
-    stats = dataset.pixel_stats()
-    splits = {name: DeviceData.of(split, device) for name, split in dataset.splits().items()}
-    seeds = list(settings.trainer.seeds)
-
+def fit_group(settings: Config, head: Head, splits: dict[str, DeviceData], in_features: int, device: torch.device,
+              seeds: list[int], on_epoch: EpochCallback | None = None) -> list[SeedRun]:
+    """Train `seeds` in this process: stacked into one model, or one after another."""
     generators = [torch.Generator().manual_seed(seed) for seed in seeds]
 
     def initial_mlp(generator: torch.Generator) -> MLP:
@@ -295,10 +298,70 @@ def fit(settings: Config, dataset: Dataset, device: torch.device, on_epoch: Epoc
         # The modules only carry each seed's initial weights into the stacked buffer; none outlives this line.
         model = StackedMLP([initial_mlp(g) for g in generators], device)
         learner = StackedLearner(model, head, settings.optimizer, per_seed_lr, generators)
-        return fit_seeds(learner, seeds, generators, settings, head, splits, stats, on_epoch)
+        return fit_seeds(learner, seeds, generators, settings, head, splits, on_epoch)
 
     runs = []
     for seed, generator in zip(seeds, generators):
         learner = ModuleLearner(initial_mlp(generator).to(device), head, settings.optimizer, generator)
-        runs += fit_seeds(learner, [seed], [generator], settings, head, splits, stats, on_epoch)
+        runs += fit_seeds(learner, [seed], [generator], settings, head, splits, on_epoch)
     return runs
+
+
+def seed_processes(settings: Config, device: torch.device, cores: int) -> int:
+    """How many processes share the seeds: trainer.processes, or when that is null, one per
+    core of `cores`, each with at least two seeds, for CPU training where fork is available.
+
+    At least two, because a lone seed's one-logit layer takes another BLAS path than a
+    stack of seeds and its numbers would change; so with two or more processes every seed
+    still gets exactly the numbers it gets in one process.
+    """
+    asked = settings.trainer.processes
+    if asked is not None and asked > 1:
+        if device.type != "cpu":
+            raise PneumolabError(
+                f"trainer.processes={asked} splits the seeds over CPU processes, but this job trains on "
+                f"{device}, where all seeds already run as one batch. Use trainer.processes=null."
+            )
+        if not fork_available():
+            raise PneumolabError(
+                f"trainer.processes={asked} needs Linux (worker processes are forked). Use trainer.processes=1."
+            )
+    if asked is not None:
+        return asked
+    if device.type != "cpu" or not fork_available() or (settings.trainer.threads or 1) > 1:
+        return 1
+    return max(1, min(cores, len(settings.trainer.seeds) // 2))
+
+
+def seed_groups(seeds: list[int], processes: int) -> list[list[int]]:
+    """`seeds` in `processes` runs of consecutive seeds, sizes differing by at most one, larger first."""
+    size, extra = divmod(len(seeds), processes)
+    bounds = [0]
+    for i in range(processes):
+        bounds.append(bounds[-1] + size + (i < extra))
+    return [seeds[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def fit(settings: Config, dataset: Dataset, device: torch.device, on_epoch: EpochCallback | None = None,
+        processes: int = 1) -> list[SeedRun]:
+    """Train every seed of `settings.trainer.seeds` on `dataset`, split over `processes`
+    processes (see `seed_processes`); `on_epoch` hears from this process's seeds."""
+    head = make_head(settings.head.name)
+    stats = dataset.pixel_stats()
+    splits = {name: DeviceData.of(split, device, stats) for name, split in dataset.splits().items()}
+    in_features = int(np.prod(dataset.image_shape))
+    groups = seed_groups(list(settings.trainer.seeds), processes)
+    calls = [
+        partial(fit_group, settings, head, splits, in_features, device, group, on_epoch if i == 0 else None)
+        for i, group in enumerate(groups)
+    ]
+    if len(calls) == 1:
+        return calls[0]()
+    # One thread in every process, the parent's too: forked children inherit the setting, and
+    # they could not use an OpenMP pool of the parent's anyway (its threads are not copied).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return [run for runs in call_side_by_side(calls) for run in runs]
+    finally:
+        torch.set_num_threads(threads)
