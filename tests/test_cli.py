@@ -93,8 +93,12 @@ def test_a_single_run_splits_the_seeds_over_cores_without_changing_a_number(tmp_
         assert proc.returncode == 0, proc.stderr
         results = json.loads((job / "results.json").read_text())
         outputs[name] = (results["per_seed"], (job / "metrics.csv").read_text(), (job / "cli.log").read_text())
-    assert f"device cpu, {min(usable_cores(), 2)} process" in outputs["auto"][2]
+    processes = min(usable_cores(), 2)
+    assert f"device cpu, {processes} process" in outputs["auto"][2]
+    # Progress comes from the seeds of the first process, and says there are more.
+    assert f"seeds 0..{'2 of 5' if processes == 2 else '4'} | epoch 2/2 | val acc " in outputs["auto"][2]
     assert "device cpu, 1 process" in outputs["one"][2]
+    assert "seeds 0..4 | epoch 2/2 | val acc " in outputs["one"][2]
     assert outputs["auto"][:2] == outputs["one"][:2]
 
 

@@ -54,14 +54,21 @@ def configure_torch(settings: Config) -> None:
 
 
 class EpochReport:
-    """Seed / epoch / validation accuracy: one updating line on a terminal, log lines otherwise."""
+    """Seed / epoch / validation accuracy: one updating line on a terminal, log lines otherwise.
 
-    def __init__(self) -> None:
+    It hears from the seeds training in this process: all of them, one at a time when
+    they train one after another, or the first group when other processes train the rest.
+    """
+
+    def __init__(self, n_seeds: int) -> None:
         self.tty = sys.stderr.isatty()
+        self.n_seeds = n_seeds
 
     def __call__(self, epoch: int, epochs: int, seeds: list[int], val_acc: list[float]) -> None:
         accs = " ".join("nan" if math.isnan(a) else f"{a:.3f}" for a in val_acc)
         seed_text = f"seed {seeds[0]}" if len(seeds) == 1 else f"seeds {seeds[0]}..{seeds[-1]}"
+        if len(seeds) < self.n_seeds:
+            seed_text += f" of {self.n_seeds}"
         line = f"{seed_text} | epoch {epoch}/{epochs} | val acc {accs}"
         if self.tty:
             end = "\n" if epoch == epochs else ""
@@ -102,7 +109,7 @@ def run_job(cfg: DictConfig, job_dir: Path, overrides: list[str], cores: int = 1
     log.info("data: %s | train %d, val %d, test %d | device %s, %d process%s",
              dataset.source, len(dataset.train), len(dataset.val), len(dataset.test), device,
              processes, "es" if processes > 1 else "")
-    runs = fit(settings, dataset, device, on_epoch=EpochReport(), processes=processes)
+    runs = fit(settings, dataset, device, on_epoch=EpochReport(len(settings.trainer.seeds)), processes=processes)
     wall = time.perf_counter() - start
 
     test_labels = dataset.test.labels.numpy()
