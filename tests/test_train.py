@@ -103,6 +103,7 @@ def test_seed_groups_are_consecutive_and_balanced():
     assert seed_groups([0, 1, 2, 3, 4], 1) == [[0, 1, 2, 3, 4]]
     assert seed_groups([0, 1, 2, 3, 4], 2) == [[0, 1, 2], [3, 4]]
     assert seed_groups([7, 3, 9, 1, 5, 2, 8], 3) == [[7, 3, 9], [1, 5], [2, 8]]
+    assert seed_groups([4, 5], 3) == [[4], [5]]
 
 
 @pytest.mark.parametrize(
