@@ -131,6 +131,13 @@ def test_processes_on_a_gpu_are_refused_with_the_fix():
         seed_processes(config, torch.device("cuda"), 8)
 
 
+def test_without_fork_a_job_keeps_one_process_and_refuses_more(monkeypatch):
+    monkeypatch.setattr("pneumolab.train.fork_available", lambda: False)  # as on macOS and Windows
+    assert seed_processes(settings(trainer=TrainerConfig(seeds=[0, 1, 2, 3])), torch.device("cpu"), 8) == 1
+    with pytest.raises(PneumolabError, match=r"needs Linux .* trainer\.processes=1"):
+        seed_processes(settings(trainer=TrainerConfig(seeds=[0, 1, 2, 3], processes=2)), torch.device("cpu"), 8)
+
+
 def test_same_seed_is_bitwise_repeatable_and_seeds_differ(toy):
     first = fit(settings(), toy, torch.device("cpu"))
     second = fit(settings(), toy, torch.device("cpu"))
