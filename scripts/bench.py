@@ -150,10 +150,15 @@ def timed(cmd: list[str], cwd: Path) -> float:
         start = time.perf_counter()
         proc = subprocess.run(cmd, cwd=cwd, stdout=log, stderr=subprocess.STDOUT)
         wall = time.perf_counter() - start
-        if proc.returncode != 0:
-            log.seek(0)
-            raise SystemExit(f"bench: {' '.join(cmd)} failed:\n{log.read().decode()[-3000:]}")
+        check_succeeded(cmd, proc.returncode, log)
     return wall
+
+
+def check_succeeded(cmd: list[str], returncode: int, log) -> None:
+    """Stop the benchmark with the end of a failed child's output."""
+    if returncode != 0:
+        log.seek(0)
+        raise SystemExit(f"bench: {' '.join(cmd)} failed:\n{log.read().decode()[-3000:]}")
 
 
 def process_tree(pid: int) -> list[int]:
@@ -190,9 +195,7 @@ def peak_memory(cmd: list[str], cwd: Path) -> tuple[int, int]:
             total_peak = max(total_peak, sum(pss for pss, _ in sizes))
             single_peak = max([single_peak, *(rss for _, rss in sizes)])
             time.sleep(0.02)
-        if proc.returncode != 0:
-            log.seek(0)
-            raise SystemExit(f"bench: {' '.join(cmd)} failed:\n{log.read().decode()[-3000:]}")
+        check_succeeded(cmd, proc.returncode, log)
     return total_peak, single_peak
 
 
@@ -255,7 +258,7 @@ def main() -> None:
         if not args.skip_report:
             # What users type: the script runs one joblib sweep (a job per core), then writes REPORT.md.
             wall = timed([sys.executable, str(REPO / "scripts" / "reproduce_report.py"), "--out", str(tmp / "report")],
-                            cwd=tmp)
+                         cwd=tmp)
             runs = tmp / "report" / "runs"
             sweep = json.loads((runs / RUN_RECORD).read_text())["wall_seconds"]
             training = sum(json.loads(p.read_text())["wall_seconds"] for p in runs.glob("*/results.json"))
