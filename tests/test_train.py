@@ -5,12 +5,16 @@ import pytest
 import torch
 
 from pneumolab.config import (
-    AdamConfig, Config, HeadConfig, MLPConfig, PhantomDataConfig, PlateauSchedulerConfig, SGDConfig,
+    CNNConfig, CustomModelConfig, AdamConfig, Config, HeadConfig, MLPConfig, PhantomDataConfig, PlateauSchedulerConfig, SGDConfig,
     StepSchedulerConfig, TrainerConfig,
 )
 from pneumolab.data import Dataset, Split
 from pneumolab.errors import PneumolabError
 from pneumolab.train import fit, seed_groups, seed_processes
+
+
+# tests/models_for_tests.py holds a plain one-seed nn.Module, as a user would write one.
+TINY_CUSTOM = CustomModelConfig(target="models_for_tests.TinyConvNet", options={"width": 4})
 
 
 def toy_split(n: int, gen: torch.Generator) -> Split:
@@ -97,6 +101,23 @@ def test_seeds_get_the_same_bits_in_any_grouping_and_process(toy, head):
     assert same_numbers(together, run([0, 1, 2]) + run([3, 4]))
     assert same_numbers(together, run([0, 1]) + run([2, 3, 4]))
     assert same_numbers(together, run([0, 1, 2, 3, 4], processes=2))
+    # Ten or more seeds put a one-logit output layer's bmm on another BLAS path, unless padded.
+    assert same_numbers(run(list(range(12)))[:2], run([0, 1]))
+
+
+@pytest.mark.parametrize("model", [CNNConfig(channels=[4, 8]), TINY_CUSTOM], ids=["cnn", "custom"])
+def test_models_by_config_train_and_keep_seeds_apart(toy, model):
+    def run(seeds, **trainer):
+        return fit(settings(model=model, trainer=TrainerConfig(epochs=3, seeds=seeds, **trainer)), toy,
+                   torch.device("cpu"))
+
+    together = run([0, 1, 2])
+    assert same_numbers(together, run([0]) + run([1, 2]))
+    assert same_numbers(together, run([0, 1, 2], batched_seeds=False))
+    assert all(r.history["train_loss"][-1] < r.history["train_loss"][0] for r in together)
+    assert together[0].history["train_loss"] != together[1].history["train_loss"]
+    weights = together[0].weights
+    assert weights and all(isinstance(v, np.ndarray) for v in weights.values())
 
 
 def test_seed_groups_are_consecutive_and_balanced():

@@ -1,3 +1,3 @@
-"""pneumolab: small MLPs for normal-vs-pneumonia chest X-rays, swept over seeds."""
+"""pneumolab: small networks for normal-vs-pneumonia chest X-rays, swept over seeds."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
