@@ -46,10 +46,15 @@ def test_a_typo_in_a_key_fails_at_composition(override):
         compose_settings(override)
 
 
-@pytest.mark.parametrize("override", ["data.batch_size=many", "trainer.epochs=1.5", "trainer.seeds=3"])
+@pytest.mark.parametrize("override", ["data.batch_size=many", "trainer.epochs=1.5"])
 def test_a_wrong_type_fails_at_composition(override):
     with pytest.raises(ConfigCompositionException):
         compose_settings(override)
+
+
+def test_seeds_by_count_or_list():
+    assert compose_settings("trainer.seeds=20").trainer.seeds == list(range(20))
+    assert compose_settings("trainer.seeds=[7,3]").trainer.seeds == [7, 3]
 
 
 @pytest.mark.parametrize(
@@ -59,6 +64,9 @@ def test_a_wrong_type_fails_at_composition(override):
         (["head.name=mse"], "head.name"),
         (["scheduler.step_size=0"], "scheduler.step_size"),
         (["trainer.seeds=[]"], "trainer.seeds"),
+        (["trainer.seeds=0"], "trainer.seeds"),
+        (["trainer.seeds=five"], "trainer.seeds"),
+        (["trainer.seeds=[0,1.5]"], "trainer.seeds"),
         (["trainer.epochs=0"], "trainer.epochs"),
         (["trainer.device=tpu"], "trainer.device"),
         (["data=folder", "data.root=/x", "data.image_size=0"], "data.image_size"),

@@ -64,7 +64,9 @@ def test_a_job_whose_every_seed_diverged_fails_but_keeps_its_results(tmp_path):
     results = read_results(job)
     assert [entry["diverged"] for entry in results["per_seed"]] == [True, True]
     assert results["n_diverged"] == 2
-    assert results["summary"]["test_acc"] == {"mean": None, "std": None, "ci95_low": None, "ci95_high": None, "n": 0}
+    assert results["summary"]["test_acc"] == {"mean": None, "std": None, "ci95_low": None, "ci95_high": None, "n": 0,
+                                              "ci95_clipped": False, "boot95_low": None, "boot95_high": None}
+    assert results["ensemble"] is None
 
     # Running it again finds the finished job and skips the training, but still fails.
     written = (job / "results.json").stat().st_mtime_ns

@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from pneumolab.metrics import binary_metrics, roc_curve, summarize, welch_ttest
+from pneumolab.metrics import (
+    binary_metrics, ensemble_log_odds, holm, power_line, roc_curve, summarize, weighted_auc, welch_ttest,
+)
 
 
 def test_confusion_example_by_hand():
@@ -123,9 +125,10 @@ def test_summarize_by_hand():
 
 def test_summarize_ignores_missing_and_handles_small_n():
     assert summarize([0.7, None, float("nan"), 0.8]) == summarize([0.7, 0.8])
-    assert summarize([0.7, None]) == {"mean": 0.7, "std": 0.0, "ci95_low": 0.7, "ci95_high": 0.7, "n": 1}
+    assert summarize([0.7, None]) == {"mean": 0.7, "std": 0.0, "ci95_low": 0.7, "ci95_high": 0.7, "n": 1,
+                                      "ci95_clipped": False}
     assert summarize([None, float("nan")]) == {
-        "mean": None, "std": None, "ci95_low": None, "ci95_high": None, "n": 0,
+        "mean": None, "std": None, "ci95_low": None, "ci95_high": None, "n": 0, "ci95_clipped": False,
     }
     assert summarize([])["n"] == 0
 
@@ -175,3 +178,69 @@ def test_welch_zero_variance_and_small_n():
     assert empty == {"diff": None, "t": None, "p": None, "significant": False}
     with_missing = welch_ttest([1.0, None, 2.0, 3.0, float("nan")], [4.0, 6.0, 8.0])
     assert with_missing == welch_ttest([1.0, 2.0, 3.0], [4.0, 6.0, 8.0])
+
+
+def test_a_fractions_interval_is_clipped_to_0_1_and_says_so():
+    # Two seeds far apart: the t interval (12.7 std errors wide) reaches far past both bounds.
+    s = summarize([0.05, 0.95])
+    assert (s["ci95_low"], s["ci95_high"], s["ci95_clipped"]) == (0.0, 1.0, True)
+    unclipped = summarize([0.05, 0.95], bounds=None)
+    assert unclipped["ci95_low"] < -5 and unclipped["ci95_high"] > 5 and not unclipped["ci95_clipped"]
+    assert summarize([0.70, 0.72, 0.74])["ci95_clipped"] is False
+
+
+def test_auc_from_log_odds_keeps_the_order_float32_probabilities_lose():
+    # Logits of +-40: float32 sigmoid rounds every positive one to 1.0 (and 36..40 all tie there).
+    labels = np.array([0, 1, 0, 1, 0, 1])
+    logits = np.array([-40.0, 40.0, 38.0, 39.0, -1.0, 36.0])
+    probs32 = (1 / (1 + np.exp(-logits))).astype(np.float32)
+    assert len(set(probs32[logits > 30])) == 1  # ties: the premise of this test
+    tied_auc = binary_metrics(labels, probs32, logits > 0)["auc"]
+    auc = binary_metrics(labels, logits, logits > 0)["auc"]
+    # Pairs (pos, neg): 40 > 38, 39 > 38, 36 < 38; the rest positive above -40 and -1: 8 of 9.
+    assert auc == pytest.approx(8 / 9)
+    assert tied_auc == pytest.approx(7.5 / 9)  # the three pairs against 38 each count half
+    fpr, tpr = roc_curve(labels, logits)
+    assert len(fpr) == 7  # every log-odds its own threshold
+    assert np.trapezoid(tpr, fpr) == pytest.approx(auc)
+
+
+def test_ensemble_is_the_mean_probability_even_where_sigmoid_saturates():
+    z = np.array([[40.0, 45.0, -3.0, 0.2], [41.0, 44.0, 1.0, -0.3]])
+    ensemble = ensemble_log_odds(z)
+    mean_p = (1 / (1 + np.exp(-z))).mean(axis=0)
+    resolved = mean_p[2:]  # where float64 probabilities are still below 1
+    assert ensemble[2:] == pytest.approx(np.log(resolved / (1 - resolved)), rel=1e-12)
+    assert ensemble[1] > ensemble[0] > 30  # both probabilities round to 1.0; the log-odds still order them
+    assert list(ensemble > 0) == list(mean_p > 0.5)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_weighted_auc_is_the_auc_of_the_repeated_images(seed):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, 40)
+    y[:2] = (0, 1)
+    s = rng.integers(0, 8, 40).astype(float)  # many ties
+    weights = rng.integers(0, 4, (3, 40)).astype(float)
+    weights[:, :2] = 1
+    for row, w in zip(weighted_auc(y, s, weights), weights):
+        repeated = np.repeat(np.arange(40), w.astype(int))
+        assert row == pytest.approx(binary_metrics(y[repeated], s[repeated], y[repeated])["auc"], rel=1e-12)
+
+
+def test_holm_by_hand():
+    # Sorted 0.01, 0.02, 0.04, 0.3 times 4, 3, 2, 1 -> 0.04, 0.06, 0.08, 0.3; order kept; None untouched.
+    assert holm([0.04, None, 0.3, 0.01, 0.02]) == pytest.approx([0.08, None, 0.3, 0.04, 0.06])
+    assert holm([0.5, 0.6]) == [1.0, 1.0]  # capped at 1
+    assert holm([0.03, 0.03]) == [0.06, 0.06]
+
+
+def test_power_line_edge_cases():
+    assert power_line([0.7], [0.8, 0.9]) == {"pooled_std": None, "min_detectable": None, "seeds_needed": None}
+    flat = power_line([0.7, 0.7], [0.7, 0.7])
+    assert flat["pooled_std"] == 0 and flat["seeds_needed"] is None
+    # 0.05 points apart with a 5-point spread: about 157,000 seeds per side, beyond any practical number.
+    assert power_line([0.70, 0.80, 0.75], [0.7005, 0.8005, 0.7505])["seeds_needed"] is None
+    assert power_line([0.70, 0.80, 0.75], [0.705, 0.805, 0.755])["seeds_needed"] == pytest.approx(1570, abs=5)
+    many = power_line([0.70, 0.72, 0.74, 0.71, 0.73], [0.72, 0.74, 0.76, 0.73, 0.75])  # 2 points, std 1.6
+    assert 5 < many["seeds_needed"] < 20 and many["min_detectable"] > 0.02

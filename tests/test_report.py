@@ -33,7 +33,7 @@ def run_script(cwd: Path, *args: str) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def report_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("report")
-    done = run_script(out, "--out", str(out), "--epochs", "2", "--seeds", "2", "--launcher", "basic",
+    done = run_script(out, "--out", ".", "--epochs", "2", "--seeds", "2", "--launcher", "basic",
                       "--", "data.limit_per_class=30")
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
     return out
@@ -74,10 +74,34 @@ def test_table_has_the_eight_settings_with_spec_numbers(report_dir: Path) -> Non
     assert [row["figure"] for row in rows] == [f"Fig. {n}" for n in range(1, 9)]
     for n, row in enumerate(rows, start=1):
         assert float(row["report, %"]) == pytest.approx(SPEC_REPORTED[n])
-        ours = numbers(row["ours, % (mean ± std)"]) + numbers(row["ours, 95 % CI"])
-        assert len(ours) == 4 and all(0.0 <= x <= 100.0 for x in ours), row
-        assert row["report vs our CI"] in ("inside", "above", "below")
+        seeds_ci = row["ours, 95 % CI (seeds)"]
+        ours = numbers(row["ours, % (mean ± std)"]) + numbers(seeds_ci) + numbers(row["ours, 95 % CI (test set)"])
+        assert len(ours) == 6 or "seeds equal" in seeds_ci, row
+        assert all(0.0 <= x <= 100.0 for x in ours), row
+        assert 0.0 <= float(row["ensemble, %"]) <= 100.0
+        assert row["report vs our test-set CI"] in ("inside", "above", "below")
         assert row["diverged seeds"] == "0/2"
+
+
+def test_report_numbers_are_read_from_results_json_with_their_test_set_verdict(report_dir: Path) -> None:
+    rows = {row["figure"]: row for row in read_table((report_dir / "REPORT.md").read_text(), "figure")}
+    for path in (report_dir / "runs").glob("*/results.json"):
+        results = json.loads(path.read_text())
+        figure = results["config"]["report_figure"]["figure"]
+        acc, row = results["summary"]["test_acc"], rows[f"Fig. {figure}"]
+        low, high = numbers(row["ours, 95 % CI (test set)"])
+        assert (low, high) == pytest.approx((100 * acc["boot95_low"], 100 * acc["boot95_high"]), abs=0.006)
+        assert float(row["ensemble, %"]) == pytest.approx(100 * results["ensemble"]["test_acc"], abs=0.006)
+        reported = SPEC_REPORTED[figure]
+        position = "above" if reported > high else "below" if reported < low else "inside"
+        assert row["report vs our test-set CI"] == position
+
+
+def test_report_quotes_paths_as_typed(report_dir: Path) -> None:
+    text = (report_dir / "REPORT.md").read_text()
+    assert str(report_dir) not in text and "/tmp" not in text
+    assert "- Sweep directory: `runs`" in text
+    assert " hydra.sweep.dir=runs " in text  # the script ran in report_dir with --out . : as typed
 
 
 def test_every_referenced_figure_is_a_png(report_dir: Path) -> None:
@@ -112,7 +136,8 @@ def test_report_states_what_ran_and_what_it_means(report_dir: Path) -> None:
     assert "- Epochs: 2" in text and "- Seeds: 0, 1" in text
     assert "- Command: `pneumolab -m experiment=report/fig1_bce," in text
     agreement = text.split("## Where we agree and disagree with the report")[1].split("\n## ")[0]
-    assert "our 95 % CI" in agreement and "Welch p" in agreement and "batch size" in agreement
+    assert "our test-set 95 % CI" in agreement and "Welch p" in agreement and "p (Holm" in agreement
+    assert "batch size" in agreement and "with 80 % power" in agreement
     details = {row["detail"]: row["value"] for row in read_table(text, "detail")}
     assert details["optimizer"] == "adam" and details["base learning rate"] == "0.001"
     assert details["epochs"] == "2 (overridden; the shared settings say 30)"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import os
 import re
@@ -15,7 +16,7 @@ from hydra.types import RunMode
 from omegaconf import OmegaConf
 from scipy import stats
 
-from pneumolab import sweep
+from pneumolab import points, sweep
 from pneumolab.cli import config_dir
 from pneumolab.config import register_configs
 from pneumolab.metrics import summarize
@@ -75,9 +76,13 @@ def read_csv(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(fh))
 
 
-def reported_p_values(markdown: str) -> list[tuple[str, float]]:
-    """(comparison text, p) for each significance line of summary.md."""
-    return [(line, float(p)) for line, p in re.findall(r"^- (.*?p = ([0-9.]+).*)$", markdown, re.MULTILINE)]
+def markdown_rows(markdown: str, section: str) -> list[dict[str, str]]:
+    """The first table under `## section` of summary.md, one {header: cell} per row."""
+    lines = markdown.split(f"## {section}\n", 1)[1].splitlines()
+    table = [line for line in itertools.dropwhile(lambda l: not l.startswith("|"), lines)]
+    table = list(itertools.takewhile(lambda l: l.startswith("|"), table))
+    cells = [[c.strip() for c in re.split(r"(?<!\\)\|", line)[1:-1]] for line in table]
+    return [dict(zip(cells[0], row)) for row in cells[2:]]
 
 
 GRID = {  # job num -> overrides, per-seed test accuracies
@@ -121,12 +126,10 @@ def test_csv_row_per_point_with_the_seed_statistics(grid: Path):
         assert int(row["n_diverged"]) == accs.count(None)
 
 
-def test_welch_test_for_each_pair_differing_in_one_setting(grid: Path):
+def test_welch_test_for_each_pair_differing_in_one_setting_holm_adjusted(grid: Path):
     sweep.write_summary(sweep.build_summary([grid]), grid)
-    markdown = (grid / "summary.md").read_text()
-    lines = reported_p_values(markdown)
+    rows = markdown_rows((grid / "summary.md").read_text(), "Significance")
     # 0-1 and 2-10 differ in the head, 0-2 and 1-10 in the batch size; 0-10 and 1-2 in both: no test.
-    assert len(lines) == 4
     accs = {num: [a for a in a_s if a is not None] for num, (_, a_s) in GRID.items()}
     expected = {
         ("0", "1"): "head=bce vs head=ce at data.batch_size=32",
@@ -134,22 +137,57 @@ def test_welch_test_for_each_pair_differing_in_one_setting(grid: Path):
         ("1", "10"): "data.batch_size=32 vs data.batch_size=64 at head=ce",
         ("2", "10"): "head=bce vs head=ce at data.batch_size=64",
     }
-    for (a, b), text in expected.items():
-        line, p = next((line, p) for line, p in lines if f"points {a} and {b}," in line)
-        scipy_p = stats.ttest_ind(accs[a], accs[b], equal_var=False).pvalue
-        assert p == pytest.approx(scipy_p, abs=5e-4)
-        diff_pt = 100 * (np.mean(accs[a]) - np.mean(accs[b]))
-        verdict = "significant" if scipy_p < 0.05 else "not significant"
-        assert line.startswith(f"{text}: {diff_pt:+.1f} pt, p = {scipy_p:.3f}, {verdict} (")
-    assert "4 tests, not corrected for multiple comparisons" in markdown
-    assert ", significant (points 0 and 1," in markdown  # the one clear difference in this grid
+    assert [row["comparison"] for row in rows] == list(expected.values())
+    raw = [stats.ttest_ind(accs[a], accs[b], equal_var=False).pvalue for a, b in expected]
+    reference = holm_by_hand(raw)
+    for row, (a, b), p, p_holm in zip(rows, expected, raw, reference):
+        assert row["points"].startswith(f"{a} vs {b} (")
+        assert float(row["p"]) == pytest.approx(p, abs=5e-4)
+        assert float(row["p (Holm)"]) == pytest.approx(p_holm, abs=5e-4)
+        assert row["verdict"] == ("significant" if p_holm < 0.05 else "not significant")
+        assert row["difference"] == f"{100 * (np.mean(accs[a]) - np.mean(accs[b])):+.1f} pt"
+    # 0 vs 1 is significant alone (p = 0.03) but not after adjusting for four tests.
+    assert raw[0] < 0.05 and rows[0]["verdict"] == "not significant"
+
+
+def holm_by_hand(p: list[float]) -> list[float]:
+    """Holm (1979): the k-th smallest of m p-values times (m - k + 1), never below the one before it."""
+    order = sorted(range(len(p)), key=lambda i: p[i])
+    adjusted, running = [0.0] * len(p), 0.0
+    for k, i in enumerate(order):
+        running = max(running, min(1.0, (len(p) - k) * p[i]))
+        adjusted[i] = running
+    return adjusted
+
+
+def t_test_power(effect: float, n_a: int, n_b: int) -> float:
+    """Power of the two-sided 5 % two-sample t-test at standardised `effect`, from the noncentral t."""
+    df = n_a + n_b - 2
+    crit = stats.t.ppf(0.975, df)
+    nc = effect * np.sqrt(n_a * n_b / (n_a + n_b))
+    return float(stats.nct.sf(crit, df, nc) + stats.nct.cdf(-crit, df, nc))
+
+
+def test_power_line_matches_the_noncentral_t(grid: Path):
+    summary = sweep.build_summary([grid])
+    for c in summary.comparisons:
+        a, b = ([v for v in p.seed_values() if v is not None] for p in (c.a, c.b))
+        pooled = np.sqrt(((len(a) - 1) * np.var(a, ddof=1) + (len(b) - 1) * np.var(b, ddof=1)) / (len(a) + len(b) - 2))
+        assert c.power["pooled_std"] == pytest.approx(pooled)
+        assert t_test_power(c.power["min_detectable"] / pooled, len(a), len(b)) == pytest.approx(0.8, abs=1e-3)
+        observed = abs(np.mean(a) - np.mean(b)) / pooled
+        needed = c.power["seeds_needed"]
+        assert t_test_power(observed, needed, needed) >= 0.8 > t_test_power(observed, needed - 1, needed - 1)
 
 
 def test_all_pairs_on_request(grid: Path):
     summary = sweep.build_summary([grid], all_pairs=True)
     assert len(summary.comparisons) == 6
     sweep.write_summary(summary, grid)
-    assert "- head=bce data.batch_size=32 vs head=ce data.batch_size=64: " in (grid / "summary.md").read_text()
+    rows = markdown_rows((grid / "summary.md").read_text(), "Significance")
+    assert "head=bce data.batch_size=32 vs head=ce data.batch_size=64" in [r["comparison"] for r in rows]
+    raw = [float(c.test["p"]) for c in summary.comparisons]
+    assert [c.p_holm for c in summary.comparisons] == pytest.approx(holm_by_hand(raw))
 
 
 def test_failed_point_row_and_plot(tmp_path: Path):
@@ -184,9 +222,9 @@ def test_the_newer_of_results_and_error_tells_the_state(tmp_path: Path):
     write_point(job, ["head=ce"], [0.7, 0.8])
     write_failure(job, ["head=ce"], "Every seed diverged")
     os.utime(job / "results.json", ns=(1_000_000_000, 1_000_000_000))
-    assert not sweep.read_point(job).ok
+    assert not points.read_point(job).ok
     os.utime(job / "error.json", ns=(1, 1))
-    assert sweep.read_point(job).ok
+    assert points.read_point(job).ok
 
 
 def test_settings_not_overridden_come_from_the_config(tmp_path: Path):
@@ -197,7 +235,7 @@ def test_settings_not_overridden_come_from_the_config(tmp_path: Path):
     assert summary.swept == ["data.batch_size"]
     assert [p.setting("data.batch_size") for p in summary.points] == ["32", "64"]
     assert [p.setting("head") for p in summary.points] == ["bce", "bce"]  # a group by its name
-    assert summary.points[0].setting("optimizer.lr") == sweep.NOT_SET
+    assert summary.points[0].setting("optimizer.lr") == points.NOT_SET
     assert len(summary.comparisons) == 1
 
 
@@ -208,7 +246,7 @@ def test_summarize_command_compares_several_dirs(tmp_path: Path, capsys):
     sweep.summarize_main([str(tmp_path / "s1"), str(tmp_path / "s2"), "--out", str(out)])
     rows = read_csv(out / "summary.csv")
     assert [(r["point"], r["head"]) for r in rows] == [("../s1/0", "bce"), ("../s2/0", "ce")]
-    assert "head=bce vs head=ce: " in capsys.readouterr().out  # the summary is printed too
+    assert "| head=bce vs head=ce | " in capsys.readouterr().out  # the summary is printed too
     assert (out / "summary.md").is_file() and (out / "summary.png").is_file()
     assert not (tmp_path / "s1" / "summary.csv").exists()
 
@@ -274,3 +312,103 @@ def test_optuna_search_space():
     assert space["optimizer.lr"] == LogUniformDistribution(1e-5, 1e-2)
     assert space["data.batch_size"] == CategoricalDistribution([32, 64, 128])
     assert space["scheduler.step_size"] == IntUniformDistribution(3, 20)
+
+
+@pytest.mark.parametrize("content, reason", [
+    ('{"per_seed": [{"test_acc": 0.7', "results.json is not valid JSON"),
+    ("[1, 2, 3]", "results.json holds a JSON list"),
+    ('{"per_seed": [], "config": {}}', "results.json has no summary"),
+    ('{"per_seed": [{"seed": 0}], "summary": {}}', "results.json has no per_seed list"),
+])
+def test_a_malformed_results_json_is_a_failed_point(tmp_path: Path, capsys, content: str, reason: str):
+    write_point(tmp_path / "0", ["head=bce"], [0.70, 0.74])
+    (tmp_path / "1").mkdir()
+    (tmp_path / "1" / "results.json").write_text(content)
+    with pytest.raises(SystemExit) as exc:
+        sweep.summarize_main([str(tmp_path)])
+    assert exc.value.code == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and f"failed point 1: {reason}" in err
+    rows = read_csv(tmp_path / "summary.csv")
+    assert [(r["point"], r["status"]) for r in rows] == [("0", "ok"), ("1", "failed")]
+    assert rows[1]["error"].startswith(reason) and "re-run this point" in rows[1]["error"]
+
+
+def test_a_folder_holding_only_a_garbage_results_json_is_one_failed_point(tmp_path: Path, capsys):
+    (tmp_path / "results.json").write_bytes(b"\x00\xff garbage")
+    with pytest.raises(SystemExit) as exc:
+        sweep.summarize_main([str(tmp_path)])
+    assert exc.value.code == 1
+    assert "1 point: 0 ok, 1 failed." in capsys.readouterr().out
+    assert "| results.json is not valid JSON" in (tmp_path / "summary.md").read_text().replace("failed: ", "| ")
+
+
+def test_the_end_of_sweep_summary_counts_a_malformed_point_as_failed(tmp_path: Path):
+    write_point(tmp_path / "0", ["head=bce"], [0.70, 0.74])
+    (tmp_path / "1").mkdir()
+    (tmp_path / "1" / "results.json").write_text('{"config": {}}')
+    config = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}})
+    callback = sweep.SweepSummaryCallback()
+    callback.on_multirun_start(config)
+    callback.on_multirun_end(config)
+    assert sweep.failed_jobs_in_last_sweep()
+
+
+GRID_KEYS = {"head": ["bce", "ce"], "data.batch_size": [16, 32, 64, 128, 256], "optimizer.lr": [1e-4, 1e-3, 1e-2, 3e-2, 1e-1],
+             "scheduler.step_size": [3, 5, 10, 20], "model.dropout": [0.0, 0.1, 0.2, 0.3, 0.5]}
+
+
+@pytest.fixture(scope="module")
+def big_grid(tmp_path_factory) -> tuple[Path, dict[str, list[float]]]:
+    """1,000 points over five keys, accuracy = a known effect per key + seed noise; one point failed."""
+    root = tmp_path_factory.mktemp("big")
+    rng = np.random.default_rng(0)
+    effect = {"head": {"bce": 0.0, "ce": 0.02}, "data.batch_size": {16: -0.01, 32: 0.0, 64: 0.01, 128: 0.02, 256: 0.0}}
+    means = {}
+    for num, values in enumerate(itertools.product(*GRID_KEYS.values())):
+        setting = dict(zip(GRID_KEYS, values))
+        overrides = [f"{k}={v}" for k, v in setting.items()]
+        if num == 999:
+            (root / str(num)).mkdir()
+            (root / str(num) / "error.json").write_text(json.dumps({"config": {}, "overrides": overrides, "error": "boom"}))
+            continue
+        base = 0.7 + sum(effect.get(k, {}).get(v, 0.0) for k, v in setting.items())
+        accs = list(base + rng.normal(0, 0.01, 3))
+        config = config_for([])
+        for k, v in setting.items():
+            set_in(config, k, v if k != "head" else {"name": v})
+        results = write_point(root / str(num), [], accs)
+        results.update(config=config, overrides=overrides)
+        (root / str(num) / "results.json").write_text(json.dumps(results))
+        means[str(num)] = float(np.mean(accs))
+    return root, means
+
+
+def test_a_thousand_point_grid_leads_with_the_best_points_and_main_effects(big_grid):
+    root, means = big_grid
+    summary = sweep.build_summary([root])
+    assert len(summary.points) == 1000 and summary.swept == list(GRID_KEYS)
+    sweep.write_summary(summary, root)
+    markdown = (root / "summary.md").read_text()
+    assert len(markdown) < 30_000  # not one row per point: summary.csv has those
+    assert len(read_csv(root / "summary.csv")) == 1000
+    leaders = markdown_rows(markdown, "The best 10 points by mean test accuracy")
+    best = sorted(means, key=lambda n: -means[n])[:10]
+    assert [r["point"] for r in leaders] == best
+    assert "seeds [" in leaders[0]["test accuracy"]
+    batch = markdown.split("### `data.batch_size`\n\n")[1].split("\n\n")[0].splitlines()
+    batch_rows = {line.split(" | ")[0].strip("| "): line for line in batch[2:]}
+    for size in (16, 128):
+        expected = np.mean([m for n, m in means.items() if f"data.batch_size={size}" in
+                            " ".join(json.loads((root / n / "results.json").read_text())["overrides"])])
+        assert f"| {100 * expected:.1f} % |" in batch_rows[str(size)]
+    # The tests: best against the next nine, Holm-adjusted together.
+    rows = markdown_rows(markdown, "Significance")
+    assert len(rows) == 9 and all(r["points"].startswith(f"{best[0]} vs ") for r in rows)
+    assert "failed: boom" not in markdown and "- 999 (" in markdown  # the failed point is listed
+    assert (root / "summary.png").read_bytes().startswith(PNG_SIGNATURE)
+
+
+def test_a_thousand_point_grid_with_all_pairs_tests_the_leaders(big_grid):
+    root, _ = big_grid
+    assert len(sweep.build_summary([root], all_pairs=True).comparisons) == 45

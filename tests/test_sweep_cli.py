@@ -23,10 +23,11 @@ import yaml
 from scipy import stats
 
 from conftest import pneumolab_command, subprocess_env
-from pneumolab.workers import usable_cores
-from test_sweep import read_csv
+from pneumolab.cores import usable_cores
+from pneumolab.sweep import build_summary
+from test_sweep import markdown_rows, read_csv
 
-TINY = ["data.limit_per_class=30", "trainer.epochs=2", "trainer.seeds=[0,1]"]
+TINY = ["data.limit_per_class=30", "trainer.epochs=2", "trainer.seeds=2"]  # a count: seeds 0 and 1
 LAUNCHERS = ("basic", "joblib", "submitit_local")
 # Four seeds: the basic launcher's jobs have the machine to themselves and split them over
 # two processes (on two or more cores), the parallel launchers' jobs train them in one.
@@ -138,12 +139,12 @@ def test_summary_states_welch_p_of_the_two_heads(sweeps):
     bce, ce = ([e["test_acc"] for e in read_results(sweep_dir / num)["per_seed"]] for num in ("0", "1"))
     assert np.ptp(bce) > 0 and np.ptp(ce) > 0, "the seeds must differ for scipy's test to be defined"
     expected = stats.ttest_ind(bce, ce, equal_var=False).pvalue
-    line = next(line for line in (sweep_dir / "summary.md").read_text().splitlines()
-                if line.startswith("- head=bce vs head=ce: "))
-    diff = 100 * (np.mean(bce) - np.mean(ce))
-    assert line.startswith(f"- head=bce vs head=ce: {diff:+.1f} pt, p = ")
-    assert float(re.search(r"p = ([0-9.]+)", line).group(1)) == pytest.approx(expected, abs=5e-4)
-    assert ("not significant" in line) == (expected >= 0.05)
+    (row,) = markdown_rows((sweep_dir / "summary.md").read_text(), "Significance")
+    assert row["comparison"] == "head=bce vs head=ce"
+    assert row["difference"] == f"{100 * (np.mean(bce) - np.mean(ce)):+.1f} pt"
+    assert float(row["p"]) == pytest.approx(expected, abs=5e-4)
+    assert row["p (Holm)"] == row["p"]  # one test: nothing to adjust
+    assert row["verdict"] == ("not significant" if expected >= 0.05 else "significant")
 
 
 def test_summarize_command_rebuilds_the_same_summary(sweeps, capsys):
@@ -171,6 +172,7 @@ def test_failed_points_are_summarised_and_the_sweep_exits_1(sweeps):
     assert rows[2]["error"] == rows[3]["error"] == "Invalid config value data.batch_size=0: use a batch size of at least 1."
     accs = [e["test_acc"] for e in read_results(sweep_dir / "0")["per_seed"]]
     assert float(rows[0]["test_acc_mean"]) == pytest.approx(np.mean(accs), abs=1e-12)
+    assert read_results(sweep_dir / "0")["seeds"] == [0, 1]  # trainer.seeds=2
     # The diverged point's results.json stays for inspection; its newer error.json marks it failed.
     assert read_results(sweep_dir / "1")["n_diverged"] == 2
     markdown = (sweep_dir / "summary.md").read_text()
@@ -200,3 +202,4 @@ def test_optuna_search_maximises_mean_validation_accuracy(sweeps):
         assert 3 <= config["scheduler"]["step_size"] <= 20
     rows = read_csv(sweep_dir / "summary.csv")
     assert [float(r["val_acc_mean"]) for r in rows] == pytest.approx(val_means, abs=1e-12)
+    assert build_summary([sweep_dir]).search  # summary.png: the objective per trial

@@ -4,6 +4,10 @@ Label 1 is pneumonia, the positive class: sensitivity is the pneumonia recall,
 specificity the normal recall. Everything returned is plain Python (floats, ints,
 None) so it goes straight into `results.json`; None marks a value that the data
 cannot define, such as an AUC on a test set holding one class.
+
+Scores are pneumonia log-odds (or any score in the same order). AUC and ROC only use
+their order, which float32 probabilities lose: sigmoid(z) rounds to exactly 1.0 for
+z above about 17, and saturated scores then count as ties.
 """
 
 from __future__ import annotations
@@ -13,20 +17,25 @@ from typing import Sequence
 
 import numpy as np
 
-# scipy.special's Student-t functions, not scipy.stats: the latter takes a second to import in
-# every job process, and these two are all the statistics here need.
-from scipy.special import stdtr, stdtrit
+# scipy.special's (noncentral) Student-t functions, not scipy.stats: the latter takes a second to
+# import in every job process, and these are all the statistics here need.
+from scipy.special import log_expit, logsumexp, nctdtrinc, stdtr, stdtrit
+
+ALPHA = 0.05
+POWER = 0.8
+MAX_SEEDS = 10_000  # seeds_needed beyond this is reported as None: no practical number of seeds
 
 
 def binary_metrics(labels: np.ndarray, scores: np.ndarray, threshold_pred: np.ndarray) -> dict:
     """Accuracy, AUC, sensitivity, specificity, F1 and the confusion matrix [[tn, fp], [fn, tp]].
 
-    `scores` are the predicted probabilities of pneumonia (only their order matters, for
-    the AUC); `threshold_pred` are the 0/1 predictions the head actually makes.
+    `scores` are the pneumonia log-odds (only their order matters, for the AUC; pass
+    log-odds, not float32 probabilities, see the module docstring); `threshold_pred`
+    are the 0/1 predictions the head actually makes.
     """
     y = _as_labels(labels, "labels")
     pred = _as_labels(threshold_pred, "threshold_pred")
-    s = np.asarray(scores, dtype=float).ravel()
+    s = np.asarray(scores, dtype=np.float64).ravel()
     if not (y.size == pred.size == s.size):
         raise ValueError(f"labels, scores and threshold_pred differ in length: {y.size}, {s.size}, {pred.size}")
     if y.size == 0:
@@ -55,7 +64,7 @@ def roc_curve(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.nd
     `binary_metrics` gives no AUC: one class only, or non-finite scores.
     """
     y = _as_labels(labels, "labels")
-    s = np.asarray(scores, dtype=float).ravel()
+    s = np.asarray(scores, dtype=np.float64).ravel()
     if y.size != s.size:
         raise ValueError(f"labels and scores differ in length: {y.size}, {s.size}")
     n_pos = int(y.sum())
@@ -77,22 +86,37 @@ def roc_curve(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.nd
     return fpr, tpr
 
 
-def summarize(values: Sequence[float | None]) -> dict:
+def ensemble_log_odds(log_odds: np.ndarray) -> np.ndarray:
+    """Log-odds of the mean pneumonia probability over seeds, from (seeds, images) log-odds.
+
+    log(mean p) - log(mean (1 - p)), each a log-sum-exp of log-sigmoids, so the order of
+    images whose probabilities all round to 1.0 survives; > 0 exactly when mean p > 0.5.
+    """
+    z = np.atleast_2d(np.asarray(log_odds, dtype=np.float64))
+    return logsumexp(log_expit(z), axis=0) - logsumexp(log_expit(-z), axis=0)
+
+
+def summarize(values: Sequence[float | None], bounds: tuple[float, float] | None = (0.0, 1.0)) -> dict:
     """Mean, sample std and Student-t 95 % CI of the mean over seeds, ignoring None, NaN and inf.
 
-    With one value the spread is unknown: std is reported as 0.0 and the CI collapses
-    onto the mean, and `n` tells the reader how little that means.
+    The values are fractions by default: a t interval of few seeds can reach past 0 or 1,
+    which no fraction can, so it is clipped to `bounds` and `ci95_clipped` says so
+    (bounds=None leaves it as it is). With one value the spread is unknown: std is
+    reported as 0.0 and the CI collapses onto the mean, and `n` tells the reader how
+    little that means.
     """
     x = _finite(values)
     n = x.size
     if n == 0:
-        return {"mean": None, "std": None, "ci95_low": None, "ci95_high": None, "n": 0}
+        return {"mean": None, "std": None, "ci95_low": None, "ci95_high": None, "n": 0, "ci95_clipped": False}
     mean = float(x.mean())
-    if n == 1:
-        return {"mean": mean, "std": 0.0, "ci95_low": mean, "ci95_high": mean, "n": 1}
-    std = float(x.std(ddof=1))
-    half_width = float(stdtrit(n - 1, 0.975)) * std / math.sqrt(n)
-    return {"mean": mean, "std": std, "ci95_low": mean - half_width, "ci95_high": mean + half_width, "n": n}
+    std = float(x.std(ddof=1)) if n > 1 else 0.0
+    half_width = float(stdtrit(n - 1, 0.975)) * std / math.sqrt(n) if n > 1 else 0.0
+    low, high = mean - half_width, mean + half_width
+    clipped = bounds is not None and (low < bounds[0] or high > bounds[1])
+    if clipped:
+        low, high = max(low, bounds[0]), min(high, bounds[1])
+    return {"mean": mean, "std": std, "ci95_low": low, "ci95_high": high, "n": n, "ci95_clipped": clipped}
 
 
 def welch_ttest(a: Sequence[float | None], b: Sequence[float | None]) -> dict:
@@ -121,6 +145,54 @@ def welch_ttest(a: Sequence[float | None], b: Sequence[float | None]) -> dict:
     return {"diff": diff, "t": float(t), "p": p, "significant": p < 0.05}
 
 
+def holm(p_values: Sequence[float | None]) -> list[float | None]:
+    """Holm's step-down adjustment of p-values tested together (None stays None).
+
+    It keeps the chance of any false "significant" among all the tests at ALPHA,
+    whatever their dependence, and is never less powerful than Bonferroni.
+    """
+    known = sorted((p, i) for i, p in enumerate(p_values) if p is not None)
+    adjusted: list[float | None] = [None] * len(p_values)
+    running = 0.0
+    for rank, (p, i) in enumerate(known):
+        running = max(running, min(1.0, (len(known) - rank) * p))  # monotone: a smaller p never adjusts higher
+        adjusted[i] = running
+    return adjusted
+
+
+def power_line(a: Sequence[float | None], b: Sequence[float | None]) -> dict:
+    """What two groups of seeds can detect, from their pooled spread (two-sided, ALPHA, POWER).
+
+    `min_detectable` is the smallest true difference of means the seeds at hand find
+    with POWER; `seeds_needed` the seeds per side that find the observed difference
+    with POWER (None when no practical number does, or nothing was observed); `pooled_std`
+    is the spread both use. All None with fewer than two seeds on a side.
+    """
+    xa, xb = _finite(a), _finite(b)
+    none = {"pooled_std": None, "min_detectable": None, "seeds_needed": None}
+    if xa.size < 2 or xb.size < 2:
+        return none
+    df = xa.size + xb.size - 2
+    pooled = math.sqrt(((xa.size - 1) * xa.var(ddof=1) + (xb.size - 1) * xb.var(ddof=1)) / df)
+    diff = abs(float(xa.mean() - xb.mean()))
+    min_detectable = _detectable(pooled, xa.size, xb.size)
+    n = np.arange(2, MAX_SEEDS + 1)
+    enough = np.flatnonzero(_detectable(pooled, n, n) <= diff) if diff > 0 else []
+    return {"pooled_std": pooled, "min_detectable": float(min_detectable),
+            "seeds_needed": int(n[enough[0]]) if len(enough) else None}
+
+
+def _detectable(std: float, n_a: int | np.ndarray, n_b: int | np.ndarray) -> np.ndarray:
+    """Smallest difference a two-sided ALPHA two-sample t-test finds with POWER.
+
+    Exact from the noncentral t (noncentrality = difference / (std * sqrt(1/n_a + 1/n_b))),
+    leaving out only the chance of rejecting in the wrong tail, below 1e-3 at 80 % power.
+    """
+    df = n_a + n_b - 2
+    noncentrality = nctdtrinc(df, 1 - POWER, stdtrit(df, 1 - ALPHA / 2))
+    return noncentrality * std * np.sqrt(1 / n_a + 1 / n_b)
+
+
 def _rank_auc(y: np.ndarray, s: np.ndarray) -> float | None:
     """Mann–Whitney AUC: P(score of a random positive > that of a random negative), ties count 1/2."""
     n_pos = int(y.sum())
@@ -128,11 +200,24 @@ def _rank_auc(y: np.ndarray, s: np.ndarray) -> float | None:
     # A NaN score (diverged model) ranks nothing, and one class leaves no pairs to compare.
     if n_pos == 0 or n_neg == 0 or not np.all(np.isfinite(s)):
         return None
-    # 1-based ranks, tied scores sharing their average rank: each tied pair counts half a win.
-    _, group, counts = np.unique(s, return_inverse=True, return_counts=True)
-    ranks = (np.cumsum(counts) - (counts - 1) / 2)[group]
-    u_pos = ranks[y == 1].sum() - n_pos * (n_pos + 1) / 2
-    return float(u_pos / (n_pos * n_neg))
+    return float(weighted_auc(y, s, np.ones((1, y.size)))[0])
+
+
+def weighted_auc(y: np.ndarray, s: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Mann–Whitney AUC of `s` under each row of `weights` (R, N): how often an image counts.
+
+    Row r's AUC is the weighted share of (positive, negative) pairs the scores order
+    correctly, ties counting half; all-ones weights give the plain AUC, bootstrap
+    resample counts the AUC of each resample, all rows in one pass.
+    """
+    order = np.argsort(s, kind="stable")
+    starts = np.flatnonzero(np.r_[True, np.diff(s[order]) != 0])  # first image of each run of equal scores
+    w, positive = weights[:, order], y[order] == 1
+    w_pos = np.add.reduceat(np.where(positive, w, 0.0), starts, axis=1)
+    w_neg = np.add.reduceat(np.where(positive, 0.0, w), starts, axis=1)
+    below = np.cumsum(w_neg, axis=1) - w_neg  # negatives scored strictly lower than each tie group
+    wins = (w_pos * (below + 0.5 * w_neg)).sum(axis=1)
+    return wins / (w_pos.sum(axis=1) * w_neg.sum(axis=1))
 
 
 def _as_labels(values: np.ndarray, name: str) -> np.ndarray:

@@ -16,7 +16,8 @@ import numpy as np
 
 from pneumolab import __version__
 from pneumolab.files import atomic_open, atomic_write_text
-from pneumolab.metrics import binary_metrics, summarize
+from pneumolab.bootstrap import bootstrap_seed_mean
+from pneumolab.metrics import binary_metrics, ensemble_log_odds, summarize
 
 if TYPE_CHECKING:  # importing torch would slow every reader of results, e.g. pneumolab-summarize
     from pneumolab.train import SeedRun
@@ -63,13 +64,42 @@ def build_results(
         "overrides": overrides,
         "seeds": [run.seed for run in runs],
         "per_seed": per_seed,
-        "summary": {key: summarize([entry[key] for entry in per_seed]) for key in SUMMARY_KEYS},
+        "summary": build_summary(per_seed, runs, test_labels),
+        "ensemble": build_ensemble(runs, test_labels),
         "n_diverged": sum(run.diverged for run in runs),
         "data": data_source,
         "wall_seconds": round(wall_seconds, 3),
         "device": device,
         "versions": versions(),
     }
+
+
+def build_summary(per_seed: list[dict[str, Any]], runs: list["SeedRun"], test_labels: np.ndarray) -> dict[str, Any]:
+    """Each SUMMARY_KEYS metric over seeds; the test metrics also get the bootstrap over test images."""
+    summary = {key: summarize([entry[key] for entry in per_seed]) for key in SUMMARY_KEYS}
+    scores, predictions = converged_outputs(runs)
+    for key, interval in bootstrap_seed_mean(test_labels, scores, predictions).items():
+        summary[key].update(interval)
+    return summary
+
+
+def build_ensemble(runs: list["SeedRun"], test_labels: np.ndarray) -> dict[str, Any] | None:
+    """The test metrics of the mean probability over the seeds that did not diverge (None if all did)."""
+    scores, _ = converged_outputs(runs)
+    if scores.shape[0] == 0:
+        return None
+    log_odds = ensemble_log_odds(scores)
+    metrics = binary_metrics(test_labels, log_odds, log_odds > 0)
+    return {"n_seeds": scores.shape[0], **{f"test_{key}": value for key, value in metrics.items()}}
+
+
+def converged_outputs(runs: list["SeedRun"]) -> tuple[np.ndarray, np.ndarray]:
+    """(seeds, images) test log-odds and predictions of the seeds that did not diverge."""
+    kept = [run for run in runs if not run.diverged]
+    if not kept:
+        return np.zeros((0, 0)), np.zeros((0, 0), dtype=np.int64)
+    return (np.stack([np.asarray(r.test_scores, dtype=np.float64) for r in kept]),
+            np.stack([np.asarray(r.test_predictions) for r in kept]))
 
 
 def write_results(job_dir: Path, results: dict[str, Any]) -> None:

@@ -1,0 +1,225 @@
+"""summary.md: a sweep's points, their two intervals, and the tests between them.
+
+A sweep of a few dozen points gets one table row per point. Past that
+(`points.MANY_POINTS`) a table of every point helps nobody: summary.md then leads with
+the best points ranked and one main-effect table per swept key, and summary.csv keeps
+every point.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+from pneumolab.bootstrap import RESAMPLES
+from pneumolab.metrics import ALPHA, POWER, summarize
+from pneumolab.points import LEADERS, MANY_POINTS, Comparison, Point, rank_points
+
+if TYPE_CHECKING:
+    from pneumolab.sweep import Summary
+
+DASH = "–"
+METRICS = {"test_acc": "test accuracy", "test_auc": "AUC", "test_sensitivity": "sensitivity",
+           "test_specificity": "specificity", "val_acc": "val accuracy"}
+INTERVALS_NOTE = (
+    "Each metric is mean ± std over seeds, then two 95 % intervals of the mean: **seeds** covers training "
+    "again with other seeds and testing on these same images (Student t over seeds); **test set** covers "
+    f"testing on another test set of the same size and class balance (bootstrap over test images, "
+    f"{RESAMPLES} resamples). Compare points of one sweep, which share the test images, with the seeds "
+    "interval; quote a number as a property of the model with the test-set interval. Accuracy, "
+    "sensitivity and specificity in percent, AUC as a fraction. *Ensemble*: the accuracy of the "
+    "mean probability over a point's seeds. A seeds interval marked * reached past 0 or 100 % and is clipped.")
+
+
+def label_point(point: Point, out_dir: Path) -> str:
+    """The job dir as seen from the summary's folder: "3" in a sweep, "../other/0" across sweeps."""
+    label = os.path.relpath(point.job_dir, Path(out_dir).resolve())
+    return point.job_dir.name if label == "." else label
+
+
+def scale_of(metric: str) -> tuple[float, str, int]:
+    """(factor, unit, digits): AUC as a fraction, the rest in percent."""
+    return (1.0, "", 3) if metric == "test_auc" else (100.0, " %", 1)
+
+
+def format_stat(metric: str, stats: dict[str, Any]) -> str:
+    """"74.9 ± 1.2 % seeds [72.1, 77.7], test set [70.0, 79.0]", saying so when there is no spread to show."""
+    if not stats or stats.get("mean") is None:
+        return DASH
+    scale, unit, digits = scale_of(metric)
+    mean, std, n = stats["mean"] * scale, stats["std"] * scale, stats["n"]
+
+    def pair(low: float, high: float) -> str:
+        return f"[{low * scale:.{digits}f}, {high * scale:.{digits}f}]"
+
+    if n == 1:
+        text = f"{mean:.{digits}f}{unit} (1 seed: no spread)"
+    elif std == 0:
+        text = f"{mean:.{digits}f}{unit} (all {n} seeds equal: no seed spread)"
+    else:
+        clipped = "*" if stats.get("ci95_clipped") else ""
+        text = f"{mean:.{digits}f} ± {std:.{digits}f}{unit} seeds {pair(stats['ci95_low'], stats['ci95_high'])}{clipped}"
+    if stats.get("boot95_low") is not None:
+        text += f", test set {pair(stats['boot95_low'], stats['boot95_high'])}"
+    return text
+
+
+def percent(value: float | None) -> str:
+    return DASH if value is None else f"{100 * value:.1f} %"
+
+
+def escape_cell(text: str) -> str:
+    return str(text).replace("|", "\\|")
+
+
+def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return lines + ["| " + " | ".join(escape_cell(c) for c in row) + " |" for row in rows]
+
+
+def status_cells(point: Point) -> list[str]:
+    if point.ok:
+        return [str(len(point.per_seed)), str(point.n_diverged), "ok"]
+    return [DASH, DASH, f"failed: {point.error}"]
+
+
+def format_points(summary: "Summary", out_dir: Path) -> list[str]:
+    header = ["point", *summary.swept, "test accuracy", "ensemble", *list(METRICS.values())[1:],
+              "seeds", "diverged", "status"]
+    rows = []
+    for point in summary.points:
+        stats = [format_stat(metric, point.stats(metric)) for metric in METRICS]
+        rows.append([label_point(point, out_dir), *(point.setting(k) for k in summary.swept), stats[0],
+                     percent(point.ensemble_acc), *stats[1:], *status_cells(point)])
+    return table(header, rows)
+
+
+def format_leaders(summary: "Summary", out_dir: Path) -> list[str]:
+    ranked = rank_points(summary.points)[:LEADERS]
+    rows = [[str(i), label_point(p, out_dir), " ".join(f"{k}={p.setting(k)}" for k in summary.swept),
+             format_stat("test_acc", p.stats("test_acc")), percent(p.ensemble_acc),
+             format_stat("val_acc", p.stats("val_acc"))] for i, p in enumerate(ranked, 1)]
+    return [f"## The best {len(ranked)} points by mean test accuracy", "",
+            *table(["rank", "point", "settings", "test accuracy", "ensemble", "val accuracy"], rows)]
+
+
+def main_effect(points: Sequence[Point], key: str, value: str) -> dict[str, Any]:
+    """The mean test accuracy of the points with `key=value`, over every value of the other keys."""
+    members = [p for p in points if p.setting(key) == value]
+    return {"n": len(members), "best": max(members, key=lambda p: p.mean_acc),
+            **summarize([p.mean_acc for p in members])}
+
+
+def format_main_effects(summary: "Summary", out_dir: Path) -> list[str]:
+    ranked = rank_points(summary.points)
+    lines = ["## Main effects", "",
+             "For each swept key, each value's mean test accuracy over the finished points holding it "
+             "(so over every value of the other keys), with a Student-t 95 % interval over those points.", ""]
+    for key in summary.swept:
+        values = list(dict.fromkeys(p.setting(key) for p in ranked))
+        rows = []
+        for value in values:
+            effect = main_effect(ranked, key, value)
+            rows.append([value, str(effect["n"]), percent(effect["mean"]),
+                         f"[{100 * effect['ci95_low']:.1f}, {100 * effect['ci95_high']:.1f}]",
+                         f"{label_point(effect['best'], out_dir)} ({percent(effect['best'].mean_acc)})"])
+        lines += [f"### `{key}`", "", *table([key, "points", "mean test accuracy", "95 % CI over points",
+                                               "best point"], rows), ""]
+    return lines
+
+
+def format_failed(summary: "Summary", out_dir: Path) -> list[str]:
+    if not summary.failed:
+        return []
+    return ["## Failed points", "",
+            *(f"- {label_point(p, out_dir)} ({' '.join(p.overrides) or 'no overrides'}): {p.error}"
+              for p in summary.failed), ""]
+
+
+def side(c: Comparison, point: Point, out_dir: Path) -> str:
+    return " ".join(f"{k}={point.setting(k)}" for k in c.differing) or label_point(point, out_dir)
+
+
+def p_text(p: float | None) -> str:
+    return DASH if p is None else ("< 0.001" if p < 0.001 else f"{p:.3f}")
+
+
+def verdict(c: Comparison) -> str:
+    if c.test["diff"] is None:
+        return "no test: a side has no test accuracy"
+    if c.test["p"] is None:
+        return "no test: Welch's t-test needs at least 2 seeds on each side"
+    return "significant" if c.significant else "not significant"
+
+
+def describe_comparison(c: Comparison, out_dir: Path) -> str:
+    """One line for the log: "head=bce vs head=ce at data.batch_size=32: +0.1 pt, p (Holm) = 0.866, not significant"."""
+    context = f" at {', '.join(f'{k}={c.a.setting(k)}' for k in c.shared)}" if c.shared else ""
+    diff = DASH if c.test["diff"] is None else f"{100 * c.test['diff']:+.1f} pt"
+    return (f"{side(c, c.a, out_dir)} vs {side(c, c.b, out_dir)}{context}: {diff}, p = {p_text(c.test['p'])}, "
+            f"p (Holm) = {p_text(c.p_holm)}, {verdict(c)} (points {label_point(c.a, out_dir)} "
+            f"and {label_point(c.b, out_dir)})")
+
+
+def comparison_row(c: Comparison, out_dir: Path) -> list[str]:
+    context = f" at {', '.join(f'{k}={c.a.setting(k)}' for k in c.shared)}" if c.shared else ""
+    n_a, n_b = (sum(v is not None for v in p.seed_values()) for p in (c.a, c.b))
+    detectable, needed = c.power["min_detectable"], c.power["seeds_needed"]
+    if c.power["pooled_std"] == 0:
+        detectable_text, needed_text = "no seed spread", DASH
+    else:
+        detectable_text = DASH if detectable is None else f"{100 * detectable:.1f} pt"
+        needed_text = DASH if needed is None else str(needed)
+    return [f"{side(c, c.a, out_dir)} vs {side(c, c.b, out_dir)}{context}",
+            DASH if c.test["diff"] is None else f"{100 * c.test['diff']:+.1f} pt",
+            p_text(c.test["p"]), p_text(c.p_holm), verdict(c), detectable_text, needed_text,
+            f"{label_point(c.a, out_dir)} vs {label_point(c.b, out_dir)} ({n_a} vs {n_b} seeds)"]
+
+
+def scope_text(summary: "Summary") -> str:
+    if len([p for p in summary.points if p.ok]) > MANY_POINTS:
+        return (f"every pair of the best {LEADERS} points" if summary.all_pairs else
+                f"the best point against each of the next {LEADERS - 1}") + \
+            f" (a sweep this large has too many pairs to correct and show; every point is in summary.csv)"
+    return "every pair of finished points" if summary.all_pairs else \
+        "every pair of finished points that differ in exactly one setting"
+
+
+def format_significance(summary: "Summary", out_dir: Path) -> list[str]:
+    n = len(summary.comparisons)
+    correction = (f"The {n} p-values are Holm-adjusted together (p (Holm)), which keeps the chance of any "
+                  f"false \"significant\" among them at {100 * ALPHA:.0f} %; verdicts use p (Holm). ") if n > 1 else ""
+    lines = ["## Significance", "",
+             f"Welch's t-test over seeds on test accuracy (two-sided, significant at p < {ALPHA}), for "
+             f"{scope_text(summary)}. Differences are in percentage points (pt), first point minus second. "
+             f"{correction}*Detectable*: the smallest true difference these seeds find with "
+             f"{100 * POWER:.0f} % power, from their pooled spread; *seeds needed*: seeds per side that "
+             f"find the observed difference with {100 * POWER:.0f} % power (– when none up to 10,000 would).", ""]
+    if sum(p.ok for p in summary.points) < 2:
+        return lines + ["Fewer than two finished points: nothing to compare."]
+    if not summary.comparisons:
+        return lines + ["No two finished points differ in exactly one setting. "
+                        "`pneumolab-summarize DIR --all-pairs` compares every pair."]
+    header = ["comparison", "difference", "p", "p (Holm)", "verdict", f"detectable ({100 * POWER:.0f} % power)",
+              "seeds needed", "points"]
+    return lines + table(header, [comparison_row(c, out_dir) for c in summary.comparisons])
+
+
+def format_markdown(summary: "Summary", out_dir: Path, plotted: bool) -> str:
+    n_failed, n = len(summary.failed), len(summary.points)
+    lines = ["# Sweep summary", "", f"{n} point{'s' if n != 1 else ''}: {n - n_failed} ok, {n_failed} failed.", "",
+             INTERVALS_NOTE, ""]
+    if summary.swept:
+        lines += ["Swept: " + ", ".join(f"`{k}`" for k in summary.swept), ""]
+    if summary.common:
+        lines += ["Same for every point: " + " ".join(f"`{k}={v}`" for k, v in summary.common.items()), ""]
+    if n - n_failed > MANY_POINTS:
+        lines += [*format_leaders(summary, out_dir), "", *format_main_effects(summary, out_dir),
+                  *format_failed(summary, out_dir)]
+    else:
+        lines += [*format_points(summary, out_dir), ""]
+    if plotted:
+        lines += ["![test accuracy](summary.png)", ""]
+    lines += [*format_significance(summary, out_dir), ""]
+    return "\n".join(lines)

@@ -1,0 +1,82 @@
+"""The bootstrap over test images and the seed ensemble, as results.json records them."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from pneumolab.bootstrap import bootstrap_seed_mean, resample_counts, seed_mean_metrics
+from pneumolab.metrics import binary_metrics
+from pneumolab.results import build_results
+from pneumolab.train import SeedRun
+
+
+def fake_outputs(n_seeds: int = 5, n_images: int = 624, seed: int = 0):
+    """Labels in the Kaggle test split's balance and log-odds that are right about 80 % of the time."""
+    rng = np.random.default_rng(seed)
+    n_normal = round(n_images * 234 / 624)
+    y = np.r_[np.zeros(n_normal, int), np.ones(n_images - n_normal, int)]
+    z = rng.normal(size=(n_seeds, n_images)) + 1.2 * (2 * y - 1) + rng.normal(0, 0.3, (n_seeds, 1))
+    return y, z, (z > 0).astype(int)
+
+
+def test_each_resample_is_the_seed_mean_of_the_metrics_of_the_repeated_images():
+    y, z, pred = fake_outputs(n_seeds=3, n_images=60)
+    counts = resample_counts(y, np.random.default_rng(1), 4)
+    assert (counts[:, y == 1].sum(axis=1) == (y == 1).sum()).all()  # the class balance is kept
+    for row, draw in zip(seed_mean_metrics(y, z, pred, counts), counts):
+        images = np.repeat(np.arange(y.size), draw.astype(int))
+        per_seed = [binary_metrics(y[images], s[images], p[images]) for s, p in zip(z, pred)]
+        expected = [np.mean([m[k] for m in per_seed]) for k in ("acc", "auc", "sensitivity", "specificity")]
+        assert row == pytest.approx(expected, rel=1e-12)
+
+
+def test_the_interval_is_seeded_covers_the_mean_and_is_about_binomial_wide():
+    y, z, pred = fake_outputs()
+    first, again = bootstrap_seed_mean(y, z, pred), bootstrap_seed_mean(y, z, pred)
+    assert first == again
+    acc = np.mean([(p == y).mean() for p in pred])
+    low, high = first["test_acc"]["boot95_low"], first["test_acc"]["boot95_high"]
+    assert low < acc < high
+    # One seed's accuracy on 624 images: the interval is about the binomial one, 2 x 1.96 x sqrt(p(1-p)/n)
+    # (a little narrower: the class balance is held fixed).
+    one = bootstrap_seed_mean(y, z[:1], pred[:1])["test_acc"]
+    p = (pred[0] == y).mean()
+    assert one["boot95_high"] - one["boot95_low"] == pytest.approx(3.92 * np.sqrt(p * (1 - p) / y.size), rel=0.15)
+    for metric in first.values():
+        assert 0 <= metric["boot95_low"] <= metric["boot95_high"] <= 1
+
+
+def test_one_class_only_gives_no_auc_interval():
+    y = np.ones(20, int)
+    z = np.linspace(-1, 2, 20)[None]
+    result = bootstrap_seed_mean(y, z, (z > 0).astype(int))
+    assert result["test_auc"] == {"boot95_low": None, "boot95_high": None}
+    assert result["test_specificity"]["boot95_low"] is None
+    assert result["test_sensitivity"]["boot95_low"] is not None
+
+
+def test_results_json_carries_the_bootstrap_and_the_ensemble():
+    y, z, pred = fake_outputs(n_seeds=3)
+    runs = [SeedRun(seed=s, val_acc=0.8, epochs_run=2, test_scores=z[s], test_predictions=pred[s]) for s in range(3)]
+    runs.append(SeedRun(seed=3, diverged=True, epochs_run=1))
+    results = build_results({}, [], runs, y, "fake", 1.0, "cpu")
+    json.dumps(results, allow_nan=False)
+    acc = results["summary"]["test_acc"]
+    assert acc["n"] == 3 and acc["boot95_low"] < acc["mean"] < acc["boot95_high"]
+    assert "boot95_low" not in results["summary"]["val_acc"]
+    ensemble = results["ensemble"]
+    mean_p = (1 / (1 + np.exp(-z))).mean(axis=0)
+    assert ensemble["n_seeds"] == 3
+    assert ensemble["test_acc"] == pytest.approx(((mean_p > 0.5) == y).mean())
+    assert ensemble["test_confusion"] == binary_metrics(y, mean_p, mean_p > 0.5)["confusion"]
+    assert ensemble["test_auc"] == pytest.approx(binary_metrics(y, mean_p, mean_p > 0.5)["auc"])
+
+
+def test_every_seed_diverged_gives_no_ensemble_and_no_interval():
+    runs = [SeedRun(seed=0, diverged=True), SeedRun(seed=1, diverged=True)]
+    results = build_results({}, [], runs, np.array([0, 1]), "fake", 1.0, "cpu")
+    assert results["ensemble"] is None
+    assert results["summary"]["test_acc"]["boot95_low"] is None
