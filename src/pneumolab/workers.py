@@ -24,13 +24,6 @@ from pneumolab.errors import PneumolabError
 T = TypeVar("T")
 
 
-def usable_cores() -> int:
-    """CPUs this process may run on (its affinity mask: a SLURM allocation, taskset, a container's cpuset)."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
-
-
 def fork_available() -> bool:
     # Elsewhere fork is missing (Windows) or unsafe once system frameworks are loaded (macOS).
     return sys.platform.startswith("linux")

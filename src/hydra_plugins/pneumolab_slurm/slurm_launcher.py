@@ -1,0 +1,103 @@
+"""`hydra/launcher=slurm`: the submitit SLURM launcher, made to outlive jobs that die.
+
+A point that fails inside pneumolab records its error.json itself. A job that SLURM ends
+(scancel, its time limit, out of memory, a lost node) leaves nothing, and the plugin's
+launcher then raises on the first such job, so the sweep ends without a summary though
+other points finished. This launcher waits for every job and writes each dead job's
+error.json with the state SLURM gives it (from sacct), so the summary lists it as a failed
+point, the sweep exits 1, and re-running the same command trains only what is missing.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+from pathlib import Path
+from typing import Any, Sequence
+
+from hydra.core.singleton import Singleton
+from hydra.core.utils import JobReturn, JobStatus, filter_overrides
+from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
+from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher as SubmititSlurmLauncher
+from omegaconf import OmegaConf, open_dict
+
+log = logging.getLogger("pneumolab")
+
+# What to change when SLURM ended a job in this state (sacct's State, e.g. "CANCELLED by 1000").
+ADVICE = {
+    "TIMEOUT": "raise hydra.launcher.timeout_min (it was {timeout_min})",
+    "OUT_OF_MEMORY": "raise hydra.launcher.mem_gb (it was {mem_gb})",
+    "CANCELLED": "it was cancelled",
+}
+
+
+class SlurmLauncher(SubmititSlurmLauncher):
+    def __call__(self, *args: Any, **kwargs: Any) -> JobReturn:
+        """Runs in the SLURM job: end when SLURM ends the job, rather than train on unheard."""
+        # submitit ignores SIGTERM, so a cancelled or timed-out job trained on until SLURM's SIGKILL.
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        # submitit's warning before the time limit (USR2) raises into training; a point cannot be
+        # saved half-way, so it trains on and SLURM's own ending (TIMEOUT) is what gets recorded.
+        signal.signal(signal.SIGUSR2, signal.SIG_IGN)
+        return super().__call__(*args, **kwargs)
+
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        """The plugin's launch, except that each job's result is collected on its own."""
+        import submitit
+
+        assert self.config is not None
+        executor = submitit.AutoExecutor(cluster=self._EXECUTOR, folder=self.params["submitit_folder"],
+                                         **{f"{self._EXECUTOR}_max_num_timeout": self.params["max_num_timeout"]})
+        shared = set(OmegaConf.structured(BaseQueueConf).keys())
+        executor.update_parameters(**{key if key in shared else f"{self._EXECUTOR}_{key}": value
+                                      for key, value in self.params.items()
+                                      if key not in ("submitit_folder", "max_num_timeout")})
+        sweep_dir = Path(str(self.config.hydra.sweep.dir))
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        log.info("SLURM sweep of %d points into %s", len(job_overrides), sweep_dir)
+        numbers = range(initial_job_idx, initial_job_idx + len(job_overrides))
+        for number, overrides in zip(numbers, job_overrides):
+            log.info("\t#%d : %s", number, " ".join(filter_overrides(overrides)))
+        state = Singleton.get_state()
+        jobs = executor.map_array(self, [list(o) for o in job_overrides], ["hydra.sweep.dir"] * len(numbers),
+                                  list(numbers), [f"job_id_for_{n}" for n in numbers], [state] * len(numbers))
+        return [self.collect(job, list(overrides), number)
+                for job, overrides, number in zip(jobs, job_overrides, numbers)]
+
+    def collect(self, job: Any, overrides: list[str], number: int) -> JobReturn:
+        """The job's return, or, when it ended without one, a failed point recorded on disk."""
+        from submitit.core.utils import FailedJobError, UncompletedJobError
+
+        try:
+            return job.results()[0]
+        except UncompletedJobError:
+            reason = self.describe_dead_job(job)
+        except FailedJobError as exc:
+            lines = [line for line in str(exc).splitlines() if line.strip()]
+            reason = f"SLURM job {job.job_id} failed outside pneumolab: {lines[-1] if lines else 'no message'}"
+        return self.record_failure(overrides, number, reason)
+
+    def describe_dead_job(self, job: Any) -> str:
+        state = job.state
+        advice = next((text for prefix, text in ADVICE.items() if state.startswith(prefix)), "")
+        advice = advice.format(**self.params) + "; " if advice else ""
+        return (f"SLURM ended job {job.job_id} before it finished (state {state}): {advice}"
+                f"re-run the same command to train this point; its log is {job.paths.stderr}")
+
+    def record_failure(self, overrides: list[str], number: int, reason: str) -> JobReturn:
+        from pneumolab.results import write_failure  # not at the top: Hydra imports this module in every app
+
+        assert self.hydra_context is not None and self.config is not None
+        sweep_config = self.hydra_context.config_loader.load_sweep_config(self.config, overrides)
+        with open_dict(sweep_config.hydra.job):
+            sweep_config.hydra.job.num = number
+        job_dir = Path(str(sweep_config.hydra.sweep.dir), str(sweep_config.hydra.sweep.subdir))
+        task_overrides = list(sweep_config.hydra.overrides.task)
+        task_config = OmegaConf.to_container(sweep_config, resolve=False)
+        task_config.pop("hydra")
+        write_failure(job_dir, task_config, task_overrides, reason)
+        log.error("point %d (%s): %s", number, " ".join(task_overrides), reason)
+        # Completed with no value, as a point that fails inside pneumolab returns: the Optuna
+        # sweeper counts it as a failed trial and goes on.
+        return JobReturn(overrides=task_overrides, cfg=OmegaConf.create(task_config), hydra_cfg=sweep_config,
+                         working_dir=str(job_dir), status=JobStatus.COMPLETED, _return_value=None)
