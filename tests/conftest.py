@@ -1,6 +1,7 @@
 import functools
 import http.server
 import os
+import shutil
 import sys
 import threading
 from pathlib import Path
@@ -23,6 +24,17 @@ def shared_xray() -> Path:
     if not SHARED_XRAY.is_dir():
         pytest.skip(f"real images not found at {SHARED_XRAY}")
     return SHARED_XRAY
+
+
+def copy_tiny_xray(src: Path, dst: Path, per_class: int) -> Path:
+    """The first `per_class` images of each class of train/ and test/, copied in the Kaggle layout."""
+    for split in ("train", "test"):
+        for cls in ("NORMAL", "PNEUMONIA"):
+            target = dst / split / cls
+            target.mkdir(parents=True)
+            for path in sorted((src / split / cls).iterdir())[:per_class]:
+                shutil.copy(path, target / path.name)
+    return dst
 
 
 def pneumolab_command() -> list[str]:

@@ -4,6 +4,9 @@ import json
 import subprocess
 import sys
 
+import numpy as np
+from PIL import Image
+
 from conftest import REPO, subprocess_env
 
 
@@ -34,3 +37,12 @@ def test_wheel_install_finds_its_configs(tmp_path):
     assert proc.returncode == 0, proc.stderr
     results = json.loads((job / "results.json").read_text())
     assert results["config"]["head"]["name"] == "ce" and results["config"]["model"]["hidden_sizes"] == [128] * 3
+
+    # The installed wheel applies the kept weights to a new image.
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 30), dtype=np.uint8)).save(elsewhere / "x.png")
+    proc = subprocess.run([sys.executable, "-m", "pneumolab.predict", str(job), "x.png"], cwd=elsewhere, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    header, row = proc.stdout.splitlines()
+    assert header == "path,prob,std,label,seed_0" and row.startswith("x.png,")
+    assert 0 < float(row.split(",")[1]) < 1

@@ -13,13 +13,19 @@ from PIL import Image
 
 from pneumolab.metrics import binary_metrics, roc_curve
 from pneumolab.plots import (
+    curves_figure,
     draw_curves,
     draw_summary,
+    loss_name,
     plot_curves,
     plot_curves_grid,
     plot_roc,
+    plot_search,
     plot_summary,
+    plot_summary_panels,
+    roc_figure,
     seed_band,
+    setting_title,
 )
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -147,12 +153,13 @@ def test_plot_roc_writes_png(tmp_path):
     _assert_png(tmp_path / "roc.png")
 
 
-def _point(x, mean, group=None, std=0.02, n=5) -> dict:
-    return {"x": x, "group": group, "mean": mean, "std": std, "n": n}
+def _point(x, mean, group=None, half=0.02, seeds=()) -> dict:
+    low, high = (None, None) if mean is None or half is None else (mean - half, mean + half)
+    return {"x": x, "group": group, "mean": mean, "low": low, "high": high, "seeds": list(seeds)}
 
 
 def test_plot_summary_numeric_x(tmp_path):
-    points = [_point(128, 0.76), _point(32, 0.74), _point(64, 0.73, std=None, n=1)]
+    points = [_point(128, 0.76), _point(32, 0.74), _point(64, 0.73, half=None)]
     plot_summary(points, tmp_path / "summary.png", x_key="data.batch_size")
     _assert_png(tmp_path / "summary.png")
 
@@ -168,7 +175,7 @@ def test_plot_summary_categorical_x_and_missing_means(tmp_path):
         _point("step", 0.75, group=32),
         _point("cosine", 0.77, group=32),
         _point("step", 0.72, group=128),
-        _point("none", None, group=128, std=None, n=0),  # every seed diverged
+        _point("none", None, group=128, half=None),  # every seed diverged
     ]
     plot_summary(points, tmp_path / "summary.png", x_key="scheduler", group_key="data.batch_size")
     _assert_png(tmp_path / "summary.png")
@@ -191,7 +198,8 @@ def _drawn_summary(points: list[dict], group_key: str | None = None) -> list[tup
 
 def test_draw_summary_numeric_x_sorted_and_in_view():
     (line,) = _drawn_summary([_point(128, 0.76), _point(32, 0.74), _point(64, 0.73)])
-    assert line == (["32", "64", "128"], [32, 64, 128], [0.74, 0.73, 0.76])
+    assert line[:2] == (["32", "64", "128"], [32, 64, 128])
+    assert line[2] == pytest.approx([74, 73, 76])  # in percent
 
 
 def test_draw_summary_categorical_groups():
@@ -202,10 +210,94 @@ def test_draw_summary_categorical_groups():
         _point("none", None, group=128),
     ]
     first, second = _drawn_summary(points, group_key="data.batch_size")
-    assert first == (["step", "cosine"], [0.0, 1.0], [0.75, 0.77])
-    assert second[1:] == ([0.0], [0.72])
+    assert first[:2] == (["step", "cosine"], [0.0, 1.0]) and first[2] == pytest.approx([75, 77])
+    assert second[1] == [0.0] and second[2] == pytest.approx([72])
+
+
+def test_draw_summary_bars_are_the_interval_and_seeds_are_dots_on_a_log_axis():
+    fig, ax = plt.subplots()
+    try:
+        points = [_point(32, 0.74, half=0.01, seeds=[0.73, 0.75]), _point(128, 0.80, half=0.03, seeds=[0.78, 0.82, 0.8])]
+        draw_summary(ax, points, x_key="data.batch_size")
+        assert ax.get_xscale() == "log"  # batch sizes double: a log axis even over a 4x span
+        (bars,) = ax.containers
+        segments = bars.lines[2][0].get_segments()
+        assert [tuple(np.round(s[:, 1], 6)) for s in segments] == [(73.0, 75.0), (77.0, 83.0)]
+        (dots,) = ax.collections[1:]  # after the error-bar segments: one dot per seed
+        assert np.round(dots.get_offsets()[:, 1], 6).tolist() == [73.0, 75.0, 78.0, 82.0, 80.0]
+    finally:
+        plt.close(fig)
+
+
+def test_plot_search_and_panels_write_pngs(tmp_path):
+    trials = [_point(i, 0.7 + 0.01 * (i % 3), seeds=[0.69, 0.71]) for i in range(30)]
+    plot_search(trials, tmp_path / "search.png")
+    _assert_png(tmp_path / "search.png")
+    panels = [("head", [_point("bce", 0.7), _point("ce", 0.72)]), ("optimizer.lr", [_point(1e-4, 0.7), _point(1e-2, 0.71)])]
+    plot_summary_panels(panels, tmp_path / "panels.png")
+    _assert_png(tmp_path / "panels.png")
 
 
 def test_plot_summary_without_any_mean_raises(tmp_path):
     with pytest.raises(ValueError, match="no sweep point"):
         plot_summary([_point(32, None)], tmp_path / "summary.png", x_key="data.batch_size")
+
+
+# --- per-job figures: titles that name the setting, the loss, whole epochs ---------------------
+
+DEFAULT_CONFIG = {
+    "model": {"name": "mlp", "hidden_sizes": [128, 128, 128]},
+    "head": {"name": "bce"},
+    "data": {"name": "phantom", "batch_size": 32},
+    "optimizer": {"name": "adam", "lr": 0.001},
+    "scheduler": {"name": "step", "step_size": 10, "gamma": 0.1},
+    "trainer": {"epochs": 30},
+    "tag": None,
+}
+LONG_TITLE = setting_title({**DEFAULT_CONFIG, "tag": "fig7_ce_combo_with_a_long_name",
+                            "model": {"name": "custom", "_target_": "my.package.nets.AVeryLongModelClassName"}})
+
+
+def _inside(fig, artist) -> bool:
+    box = artist.get_window_extent(fig.canvas.get_renderer())
+    return box.x0 >= 0 and box.y0 >= 0 and box.x1 <= fig.bbox.width and box.y1 <= fig.bbox.height
+
+
+def test_setting_title_names_head_batch_lr_schedule_and_model():
+    assert setting_title(DEFAULT_CONFIG) == (
+        "BCE head, batch 32, adam lr 0.001, StepLR ×0.1 every 10 epochs, MLP 128-128-128, phantom data, 30 epochs")
+    ce = {**DEFAULT_CONFIG, "head": {"name": "ce"}, "tag": "fig7", "scheduler": {"name": "cosine", "t_max": None}}
+    assert setting_title(ce).startswith("fig7: CE head, ") and "cosine lr over all epochs" in setting_title(ce)
+    assert loss_name(DEFAULT_CONFIG) == "BCE" and loss_name(ce) == "CE"
+
+
+def test_curves_title_is_whole_and_inside_the_figure_and_the_loss_is_named():
+    fig = curves_figure(_history(epochs=2), title=LONG_TITLE, loss="CE")
+    try:
+        fig.canvas.draw()
+        title = fig._suptitle
+        assert title.get_text().replace("\n", " ") == LONG_TITLE and "\n" in title.get_text()
+        assert _inside(fig, title)
+        ax_acc, ax_loss = fig.axes
+        renderer = fig.canvas.get_renderer()
+        assert title.get_window_extent(renderer).y0 > ax_acc.title.get_window_extent(renderer).y1  # no overlap
+        assert ax_loss.get_ylabel() == "CE loss" and ax_acc.get_title() == "model accuracy"
+        for ax in (ax_acc, ax_loss):
+            ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+            assert ticks == [1.0, 2.0]
+    finally:
+        plt.close(fig)
+
+
+def test_roc_title_wraps_inside_the_figure():
+    fpr, tpr = roc_curve(np.array([0, 0, 1, 1]), np.array([0.1, 0.6, 0.4, 0.9]))
+    fig = roc_figure([{"seed": 0, "fpr": fpr, "tpr": tpr, "auc": 0.75}], title=LONG_TITLE)
+    try:
+        fig.canvas.draw()
+        title = fig.axes[0].title
+        lines = title.get_text().split("\n")
+        assert lines[0] == "test ROC" and " ".join(lines[1:]) == LONG_TITLE
+        assert _inside(fig, title)
+    finally:
+        plt.close(fig)
+

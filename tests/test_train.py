@@ -191,3 +191,22 @@ def test_divergence_is_recorded_and_other_seeds_go_on(toy):
         assert 1 <= run.epochs_run <= 4
         assert not math.isfinite(run.history["train_loss"][run.epochs_run - 1])
         assert all(math.isnan(v) for v in run.history["val_acc"][run.epochs_run :])
+
+
+def test_per_seed_holdouts_give_each_seed_its_own_validation_images(toy):
+    from dataclasses import replace
+
+    from pneumolab.data import stratified_holdout
+
+    pool = Split(torch.cat([toy.train.images, toy.val.images]), torch.cat([toy.train.labels, toy.val.labels]))
+    per_seed = replace(toy, train=pool, val=pool.take(np.zeros(0, dtype=np.int64)), val_per_seed=0.2)
+    runs = fit(settings(trainer=TrainerConfig(epochs=3, seeds=[0, 1, 2])), per_seed, torch.device("cpu"))
+    # A seed's numbers depend on its own holdout only, not on the seeds beside it.
+    (alone,) = fit(settings(trainer=TrainerConfig(epochs=3, seeds=[2])), per_seed, torch.device("cpu"))
+    np.testing.assert_allclose(runs[2].history["val_loss"], alone.history["val_loss"], rtol=1e-5)
+    # Seed 1 trained on the pool minus its own holdout: the same as a fixed split drawn with seed 1.
+    keep, held = stratified_holdout(pool.labels.numpy(), 0.2, 1)
+    fixed = replace(toy, train=pool.take(keep), val=pool.take(held))
+    (same,) = fit(settings(trainer=TrainerConfig(epochs=3, seeds=[1])), fixed, torch.device("cpu"))
+    np.testing.assert_allclose(same.history["val_loss"], runs[1].history["val_loss"], rtol=1e-5)
+    assert len({tuple(stratified_holdout(pool.labels.numpy(), 0.2, s)[1]) for s in (0, 1, 2)}) == 3

@@ -43,11 +43,50 @@ class MLPConfig:
     dropout: float = 0.0
 
     def __post_init__(self) -> None:
-        _require(self.name == "mlp", "model.name", self.name, "the only model is 'mlp' (model=mlp).")
+        _require(self.name == "mlp", "model.name", self.name, "choose the model with model=mlp, model=cnn or model=custom.")
         _require(len(self.hidden_sizes) > 0 and all(h >= 1 for h in self.hidden_sizes),
                  "model.hidden_sizes", self.hidden_sizes, "give one or more layer widths >= 1, e.g. [128,128,128].")
-        _require(self.negative_slope >= 0, "model.negative_slope", self.negative_slope, "use a slope >= 0, e.g. 0.01.")
-        _require(0.0 <= self.dropout < 1.0, "model.dropout", self.dropout, "use a probability in [0, 1).")
+        _check_slope_and_dropout(self.negative_slope, self.dropout)
+
+
+def _check_slope_and_dropout(negative_slope: float, dropout: float) -> None:
+    _require(negative_slope >= 0, "model.negative_slope", negative_slope, "use a slope >= 0, e.g. 0.01.")
+    _require(0.0 <= dropout < 1.0, "model.dropout", dropout, "use a probability in [0, 1).")
+
+
+@dataclass
+class CNNConfig:
+    """3x3 convolutions (same padding), each followed by LeakyReLU and 2x2 max pooling, then one linear layer."""
+
+    name: str = "cnn"
+    channels: List[int] = field(default_factory=lambda: [16, 32])
+    negative_slope: float = 0.01
+    dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        _require(self.name == "cnn", "model.name", self.name, "choose the model with model=mlp, model=cnn or model=custom.")
+        _require(len(self.channels) > 0 and all(c >= 1 for c in self.channels), "model.channels", self.channels,
+                 "give one or more channel counts >= 1, e.g. [16,32].")
+        _check_slope_and_dropout(self.negative_slope, self.dropout)
+
+
+@dataclass
+class CustomModelConfig:
+    """A user's nn.Module class, built as Class(in_shape=(1, H, W), n_outputs=K, **options)."""
+
+    target: str
+    options: dict = field(default_factory=dict)
+    name: str = "custom"
+
+    @classmethod
+    def from_dict(cls, node: dict) -> "CustomModelConfig":
+        node = dict(node)
+        target = node.pop("_target_", None)
+        node.pop("name", None)
+        _require(isinstance(target, str) and bool(target.strip()), "model._target_", target,
+                 "name your nn.Module class, e.g. model._target_=mynets.TinyNet (a module importable from the "
+                 "current directory or the environment).")
+        return cls(target=target, options=node)
 
 
 # --- head --------------------------------------------------------------------
@@ -81,10 +120,15 @@ class DataConfig:
                  self.limit_per_class, "use null (all images) or a cap of at least 1 image per class.")
 
     def resolved_cache_dir(self) -> Path:
-        import os
+        return cache_root(self.cache_dir)
 
-        root = self.cache_dir or os.environ.get("PNEUMOLAB_DATA") or "~/.cache/pneumolab"
-        return Path(root).expanduser()
+
+def cache_root(cache_dir: str | None = None) -> Path:
+    """Downloads and decoded images: `cache_dir`, else $PNEUMOLAB_DATA, else ~/.cache/pneumolab."""
+    import os
+
+    root = cache_dir or os.environ.get("PNEUMOLAB_DATA") or "~/.cache/pneumolab"
+    return Path(root).expanduser()
 
 
 @dataclass
@@ -123,7 +167,9 @@ class PneumoniaMNISTDataConfig(DataConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _require(self.size in MEDMNIST_SIZES, "data.size", self.size, f"PneumoniaMNIST comes in sizes {MEDMNIST_SIZES}.")
+        # A local npz may hold any size; data.size must then say which (checked against the file).
+        _require(self.size in MEDMNIST_SIZES or (self.path is not None and self.size >= 1), "data.size", self.size,
+                 f"PneumoniaMNIST comes in sizes {MEDMNIST_SIZES}; with data.path, give the npz's image size.")
 
 
 @dataclass
@@ -132,13 +178,17 @@ class FolderDataConfig(DataConfig):
     root: str = MISSING
     image_size: int = 28
     val_fraction: float = 0.1
-    split_seed: int = 0
+    # The seed of the validation holdout drawn from train (when val/ is missing or tiny), or
+    # "per_seed": each training seed draws its own, so seed intervals include the split's variance.
+    split_seed: Any = 0
 
     def __post_init__(self) -> None:
         super().__post_init__()
         _require(self.image_size >= 1, "data.image_size", self.image_size, "use an image size of at least 1 pixel, e.g. 28.")
         _require(0.0 < self.val_fraction < 1.0, "data.val_fraction", self.val_fraction, "use a fraction in (0, 1), e.g. 0.1.")
-        _require(_is_seed(self.split_seed), "data.split_seed", self.split_seed, f"use a seed {SEED_RANGE}.")
+        _require(self.split_seed == "per_seed" or (isinstance(self.split_seed, int) and not isinstance(self.split_seed, bool)
+                                                  and _is_seed(self.split_seed)), "data.split_seed", self.split_seed,
+                 f"use a seed {SEED_RANGE}, or per_seed for a holdout drawn by each training seed.")
 
 
 # --- optimizer ---------------------------------------------------------------
@@ -166,6 +216,14 @@ class AdamConfig(OptimizerConfig):
         _require(len(self.betas) == 2 and all(0.0 <= b < 1.0 for b in self.betas), "optimizer.betas", self.betas,
                  "give two decay rates in [0, 1), e.g. [0.9,0.999].")
         _require(self.eps >= 0, "optimizer.eps", self.eps, "use a value >= 0, e.g. 1e-8.")
+
+
+@dataclass
+class AdamWConfig(AdamConfig):
+    """Adam with decoupled weight decay (torch.optim.AdamW)."""
+
+    name: str = "adamw"
+    weight_decay: float = 1e-2
 
 
 @dataclass
@@ -241,7 +299,8 @@ class NoSchedulerConfig(SchedulerConfig):
 @dataclass
 class TrainerConfig:
     epochs: int = 30
-    seeds: List[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])
+    # A list of seeds, or a count: trainer.seeds=20 is seeds 0..19 (normalised to the list below).
+    seeds: Any = field(default_factory=lambda: [0, 1, 2, 3, 4])
     device: str = "auto"
     eval_checkpoint: str = "last"
     # Train all seeds as one stacked model (fast); false trains them one after another.
@@ -257,6 +316,7 @@ class TrainerConfig:
 
     def __post_init__(self) -> None:
         _require(self.epochs >= 1, "trainer.epochs", self.epochs, "train for at least 1 epoch.")
+        self.seeds = _seed_list(self.seeds)
         _require(len(self.seeds) > 0, "trainer.seeds", self.seeds, "give at least one seed, e.g. trainer.seeds=[0,1,2,3,4].")
         _require(len(set(self.seeds)) == len(self.seeds), "trainer.seeds", self.seeds, "list each seed once.")
         _require(all(_is_seed(s) for s in self.seeds), "trainer.seeds", self.seeds, f"use seeds {SEED_RANGE}.")
@@ -273,6 +333,50 @@ class TrainerConfig:
         dev = self.device
         _require(dev in ("auto", "cpu", "cuda") or (dev.startswith("cuda:") and dev[5:].isdigit()),
                  "trainer.device", dev, "use auto, cpu, cuda or cuda:N.")
+
+
+# --- logger ------------------------------------------------------------------
+
+
+@dataclass
+class LoggerConfig:
+    name: str = MISSING
+
+
+@dataclass
+class NoLoggerConfig(LoggerConfig):
+    name: str = "none"
+
+
+@dataclass
+class TensorBoardLoggerConfig(LoggerConfig):
+    name: str = "tensorboard"
+
+
+@dataclass
+class MLflowLoggerConfig(LoggerConfig):
+    name: str = "mlflow"
+    # A relative sqlite path is relative to the working directory, as users type it.
+    tracking_uri: str = "sqlite:///outputs/mlflow.db"
+    # null: the sweep directory for a multirun, the run directory for a single run.
+    experiment_name: Optional[str] = None
+    # Upload model.safetensors beside the figures.
+    log_model: bool = True
+
+    def __post_init__(self) -> None:
+        _require(bool(self.tracking_uri.strip()), "logger.tracking_uri", self.tracking_uri,
+                 "give a tracking URI, e.g. sqlite:///outputs/mlflow.db or http://127.0.0.1:5000.")
+
+
+def _seed_list(seeds: Any) -> list[Any]:
+    """trainer.seeds as a list: a count N stands for seeds 0..N-1."""
+    if isinstance(seeds, int) and not isinstance(seeds, bool):
+        _require(seeds >= 1, "trainer.seeds", seeds, "give a count of at least 1 (trainer.seeds=5 is seeds 0..4) or a list.")
+        return list(range(seeds))
+    _require(isinstance(seeds, (list, tuple)) and all(isinstance(s, int) and not isinstance(s, bool) for s in seeds),
+             "trainer.seeds", seeds, "give a count (trainer.seeds=20 is seeds 0..19) or a list of integers, "
+             "e.g. trainer.seeds=[0,1,2,3,4].")
+    return list(seeds)
 
 
 # --- report metadata (set by conf/experiment/report/*) ----------------------
@@ -297,15 +401,23 @@ class Config:
     scheduler: Any = MISSING
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     report_figure: Optional[ReportFigureConfig] = None
+    logger: Any = MISSING
     # Free text that names the run in summaries; experiment configs set it.
     tag: Optional[str] = None
 
+    def __post_init__(self) -> None:
+        # model=custom has no schema (its constructor takes any keys), so it arrives as a plain dict.
+        if isinstance(self.model, dict):
+            _require(self.model.get("name") == "custom", "model.name", self.model.get("name"),
+                     "choose the model with model=mlp, model=cnn or model=custom.")
+            self.model = CustomModelConfig.from_dict(self.model)
+
 
 SCHEMAS = {
-    "model": {"mlp": MLPConfig},
+    "model": {"mlp": MLPConfig, "cnn": CNNConfig},
     "head": {"head": HeadConfig},
     "data": {"phantom": PhantomDataConfig, "pneumoniamnist": PneumoniaMNISTDataConfig, "folder": FolderDataConfig},
-    "optimizer": {"adam": AdamConfig, "sgd": SGDConfig},
+    "optimizer": {"adam": AdamConfig, "adamw": AdamWConfig, "sgd": SGDConfig},
     "scheduler": {
         "step": StepSchedulerConfig,
         "multistep": MultiStepSchedulerConfig,
@@ -313,6 +425,7 @@ SCHEMAS = {
         "plateau": PlateauSchedulerConfig,
         "none": NoSchedulerConfig,
     },
+    "logger": {"none": NoLoggerConfig, "tensorboard": TensorBoardLoggerConfig, "mlflow": MLflowLoggerConfig},
 }
 
 
@@ -333,7 +446,8 @@ def to_settings(cfg: DictConfig) -> Config:
         raise
     except OmegaConfBaseException as exc:
         raise PneumolabError(
-            f"The configuration is incomplete or mistyped: {exc}. Check the key named above "
+            # OmegaConf's message spans lines (full_key, object_type): one paragraph.
+            f"The configuration is incomplete or mistyped: {' '.join(str(exc).split())}. Check the key named above "
             "against `pneumolab --cfg job` and fix the override or YAML file."
         ) from None
     assert isinstance(settings, Config)

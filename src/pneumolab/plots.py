@@ -12,9 +12,11 @@ import io
 import math
 import numbers
 import os
+import textwrap
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import matplotlib
 
@@ -24,6 +26,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 from matplotlib.transforms import offset_copy  # noqa: E402
 
 from pneumolab.files import atomic_write_bytes  # noqa: E402
@@ -63,10 +66,11 @@ def seed_band(history: Sequence[dict], key: str) -> Band:
         return Band(epochs, np.nanmean(table, axis=0), np.nanmin(table, axis=0), np.nanmax(table, axis=0))
 
 
-def draw_curves(ax_acc: Axes, ax_loss: Axes, history: Sequence[dict]) -> None:
+def draw_curves(ax_acc: Axes, ax_loss: Axes, history: Sequence[dict], loss: str | None = None) -> None:
     """Draw the "model accuracy" and "model loss" panels of `history` onto the given axes.
 
     Each panel's lines are, in order, the train and the validation mean over seeds.
+    `loss` names the loss on its axis ("BCE", "CE"); epochs are whole-number ticks.
     """
     n = len(history)
     spread = f"mean, band: min–max over {n} seed{'s' if n != 1 else ''}"
@@ -74,7 +78,7 @@ def draw_curves(ax_acc: Axes, ax_loss: Axes, history: Sequence[dict]) -> None:
     # "best" search over the bands makes saving several times slower.
     for ax, metric, title, ylabel, corner in (
         (ax_acc, "acc", "model accuracy", "accuracy (fraction)", "lower right"),
-        (ax_loss, "loss", "model loss", "loss", "upper right"),
+        (ax_loss, "loss", "model loss", f"{loss} loss" if loss else "loss", "upper right"),
     ):
         for prefix, name, color in _SPLITS:
             band = seed_band(history, f"{prefix}_{metric}")
@@ -86,19 +90,37 @@ def draw_curves(ax_acc: Axes, ax_loss: Axes, history: Sequence[dict]) -> None:
             ax.fill_between(band.epoch, band.low, band.high, color=color, alpha=0.2, linewidth=0)
         ax.set_title(title)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # a 2-epoch run gets no tick at 1.5
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
         ax.legend(loc=corner, fontsize="small")
 
 
-def plot_curves(history: Sequence[dict], path: str | os.PathLike, title: str | None = None) -> None:
+# Title text per figure width (characters of the default font), and the height of one line (inches).
+CURVES_TITLE_WIDTH, ROC_TITLE_WIDTH, TITLE_LINE_IN = 110, 52, 0.22
+
+
+def curves_figure(history: Sequence[dict], title: str | None = None, loss: str | None = None) -> Figure:
+    """The accuracy and loss pair of `plot_curves`, with `title` wrapped above it; the caller closes it."""
+    lines = textwrap.wrap(title, CURVES_TITLE_WIDTH) if title else []
+    # The figure grows by the title's extra lines, so the panels keep their size and nothing is cut off.
+    extra = TITLE_LINE_IN * max(len(lines) - 1, 0)
+    height = 4.2 + extra
+    fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(11, height))
+    with _closed_on_error(fig):
+        margins = CURVE_MARGINS | dict(top=1 - (0.16 * 4.2 + extra) / height, bottom=0.12 * 4.2 / height)
+        fig.subplots_adjust(**margins)
+        draw_curves(ax_acc, ax_loss, history, loss)
+        if lines:
+            fig.suptitle("\n".join(lines), y=1 - 0.08 / height, va="top")
+    return fig
+
+
+def plot_curves(history: Sequence[dict], path: str | os.PathLike, title: str | None = None,
+                loss: str | None = None) -> None:
     """The job's `curves.png`: accuracy and loss per epoch, train vs validation, over seeds."""
-    fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig = curves_figure(history, title, loss)
     try:
-        fig.subplots_adjust(**CURVE_MARGINS)
-        draw_curves(ax_acc, ax_loss, history)
-        if title:
-            fig.suptitle(title)
         _save(fig, path)
     finally:
         plt.close(fig)
@@ -130,11 +152,14 @@ def plot_curves_grid(
         plt.close(fig)
 
 
-def plot_roc(rocs: Sequence[dict], path: str | os.PathLike, title: str | None = None) -> None:
-    """The job's `roc.png`: one test ROC curve per seed, its AUC in the legend."""
-    fig, ax = plt.subplots(figsize=(5.5, 5.5))
-    try:
-        fig.subplots_adjust(left=0.13, right=0.96, bottom=0.1, top=0.93)
+def roc_figure(rocs: Sequence[dict], title: str | None = None) -> Figure:
+    """The figure of `plot_roc`: "test ROC" and `title` wrapped above the curves; the caller closes it."""
+    lines = ["test ROC"] + (textwrap.wrap(title, ROC_TITLE_WIDTH) if title else [])
+    extra = TITLE_LINE_IN * (len(lines) - 1)
+    height = 5.5 + extra
+    fig, ax = plt.subplots(figsize=(5.5, height))
+    with _closed_on_error(fig):
+        fig.subplots_adjust(left=0.13, right=0.96, bottom=0.1 * 5.5 / height, top=1 - (0.07 * 5.5 + extra) / height)
         for roc in rocs:
             ax.plot(roc["fpr"], roc["tpr"], label=f"seed {roc['seed']} (AUC {roc['auc']:.3f})")
         ax.plot([0, 1], [0, 1], linestyle="--", color="grey", label="chance")
@@ -143,20 +168,79 @@ def plot_roc(rocs: Sequence[dict], path: str | os.PathLike, title: str | None = 
         ax.set_aspect("equal")
         ax.set_xlabel("false positive rate (1 − specificity)")
         ax.set_ylabel("true positive rate (sensitivity)")
-        ax.set_title(title or "test ROC")
+        ax.set_title("\n".join(lines))
         ax.grid(alpha=0.3)
         ax.legend(loc="lower right", fontsize="small")
+    return fig
+
+
+def plot_roc(rocs: Sequence[dict], path: str | os.PathLike, title: str | None = None) -> None:
+    """The job's `roc.png`: one test ROC curve per seed, its AUC in the legend."""
+    fig = roc_figure(rocs, title)
+    try:
         _save(fig, path)
     finally:
         plt.close(fig)
 
 
-def draw_summary(ax: Axes, points: Sequence[dict], x_key: str, group_key: str | None = None) -> None:
-    """Draw test accuracy (mean ± std over seeds) against the swept value onto `ax`.
+LOSS_NAMES = {"bce": "BCE", "ce": "CE"}
 
-    Points are {"x", "group", "mean", "std", "n"}. Non-numeric x values (strings) are
-    categories, kept in the order they first appear; numbers are placed to scale, on a
-    log axis when they span two decades or more (learning rates). With `group_key`, each
+
+def loss_name(config: dict) -> str | None:
+    """The loss a job's head trains with, as its plots name it ("BCE", "CE")."""
+    return LOSS_NAMES.get(str(config.get("head", {}).get("name")))
+
+
+def setting_title(config: dict) -> str:
+    """A job's setting in one line for its plots: head, batch, optimizer and lr, schedule, model, data."""
+    head, data, opt, model = (config.get(k) or {} for k in ("head", "data", "optimizer", "model"))
+    parts = [
+        f"{loss_name(config) or head.get('name')} head",
+        f"batch {data.get('batch_size')}",
+        f"{opt.get('name')} lr {opt.get('lr'):g}" if isinstance(opt.get("lr"), (int, float)) else str(opt.get("name")),
+        schedule_text(config.get("scheduler") or {}),
+        model_text(model),
+        f"{data.get('name')} data",
+        f"{(config.get('trainer') or {}).get('epochs')} epochs",
+    ]
+    tag = config.get("tag")
+    return f"{tag}: {', '.join(parts)}" if tag else ", ".join(parts)
+
+
+def schedule_text(scheduler: dict) -> str:
+    name = scheduler.get("name")
+    texts = {
+        "step": lambda: f"StepLR ×{scheduler.get('gamma')} every {scheduler.get('step_size')} epochs",
+        "multistep": lambda: f"MultiStepLR ×{scheduler.get('gamma')} at {scheduler.get('milestones')}",
+        "cosine": lambda: f"cosine lr over {scheduler.get('t_max') or 'all'} epochs",
+        "plateau": lambda: f"lr ×{scheduler.get('factor')} on plateau ({scheduler.get('patience')} epochs)",
+        "none": lambda: "constant lr",
+    }
+    return texts.get(name, lambda: f"scheduler {name}")()
+
+
+def model_text(model: dict) -> str:
+    name = model.get("name")
+    if name == "mlp":
+        return "MLP " + "-".join(str(h) for h in model.get("hidden_sizes", []))
+    if name == "cnn":
+        return "CNN " + "-".join(str(c) for c in model.get("channels", []))
+    target = model.get("_target_")
+    return str(target).rsplit(".", 1)[-1] if target else str(name)
+
+
+LOG_X_KEYS = ("batch_size", "lr")  # swept keys read on a log axis: sizes double, rates go by decades
+INTERVAL_LABEL = "error bars: 95 % CI over seeds; dots: seeds"
+
+
+def draw_summary(ax: Axes, points: Sequence[dict], x_key: str, group_key: str | None = None,
+                 ylabel: str = "test accuracy (%)") -> None:
+    """Draw a metric (mean with its 95 % interval, each seed a faint dot) against the swept value onto `ax`.
+
+    Points are {"x", "group", "mean", "low", "high", "seeds"}, fractions, drawn in
+    percent. Non-numeric x values (strings) are categories, kept in the order they
+    first appear; numbers are placed to scale, on a log axis for batch sizes and
+    learning rates (LOG_X_KEYS) or when they span two decades. With `group_key`, each
     group value gets its own error-bar line, in order of first appearance, nudged
     sideways so the bars do not overlap. Points without a mean (every seed diverged)
     are left out.
@@ -164,43 +248,49 @@ def draw_summary(ax: Axes, points: Sequence[dict], x_key: str, group_key: str | 
     points = [p for p in points if p.get("mean") is not None]
     if not points:
         raise ValueError("no sweep point has a test accuracy to plot")
-    categorical = not all(_is_number(p["x"]) for p in points)
-    if categorical:
-        labels = list(dict.fromkeys(str(p["x"]) for p in points))
-        ticks: list[float] = list(range(len(labels)))
-        position = {label: float(i) for i, label in enumerate(labels)}
-        points = [{**p, "x": position[str(p["x"])]} for p in points]
-    else:
-        ticks = sorted({p["x"] for p in points})
-        labels = [f"{x:g}" for x in ticks]
-        if ticks[0] > 0 and ticks[-1] >= 100 * ticks[0]:
-            ax.set_xscale("log")
-
+    ticks, labels, points = _place_x(ax, points, x_key)
     groups = list(dict.fromkeys(p.get("group") for p in points)) if group_key else [None]
     for i, group in enumerate(groups):
         members = sorted((p for p in points if not group_key or p.get("group") == group), key=lambda p: p["x"])
-        bars = ax.errorbar(
-            [p["x"] for p in members],
-            [p["mean"] for p in members],
-            yerr=[p.get("std") or 0.0 for p in members],
-            marker="o",
-            capsize=4,
-            label=f"{group_key}={group}" if group_key else None,
-        )
-        # Matplotlib sizes the axes only from artists in plain data coordinates, so the
-        # sideways nudge is applied after the points have set the limits.
-        shift = offset_copy(ax.transData, fig=ax.figure, x=6 * (i - (len(groups) - 1) / 2), units="points")
-        for artist in bars.get_children():
-            artist.set_transform(shift)
+        _draw_group(ax, members, 6 * (i - (len(groups) - 1) / 2), f"{group_key}={group}" if group_key else None)
     ax.set_xticks(ticks, labels)
-    if categorical:
+    if isinstance(ticks, range):
         ax.set_xlim(-0.5, len(labels) - 0.5)
     ax.minorticks_off()
     ax.set_xlabel(x_key)
-    ax.set_ylabel("test accuracy (fraction, mean ± std over seeds)")
+    ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
     if group_key:
         ax.legend(fontsize="small")
+
+
+def _place_x(ax: Axes, points: list[dict], x_key: str) -> tuple[Sequence[float], list[str], list[dict]]:
+    """(tick positions, tick labels, points with x as a position); sets a log x axis where it fits."""
+    if not all(_is_number(p["x"]) for p in points):
+        labels = list(dict.fromkeys(str(p["x"]) for p in points))
+        position = {label: float(i) for i, label in enumerate(labels)}
+        return range(len(labels)), labels, [{**p, "x": position[str(p["x"])]} for p in points]
+    ticks = sorted({p["x"] for p in points})
+    if ticks[0] > 0 and (x_key.rsplit(".", 1)[-1] in LOG_X_KEYS or ticks[-1] >= 100 * ticks[0]):
+        ax.set_xscale("log", base=2 if x_key.endswith("batch_size") else 10)
+    return ticks, [f"{x:g}" for x in ticks], points
+
+
+def _draw_group(ax: Axes, members: Sequence[dict], nudge: float, label: str | None) -> None:
+    x = [p["x"] for p in members]
+    mean = np.array([p["mean"] for p in members]) * 100
+    low = np.array([p["mean"] if p.get("low") is None else p["low"] for p in members]) * 100
+    high = np.array([p["mean"] if p.get("high") is None else p["high"] for p in members]) * 100
+    bars = ax.errorbar(x, mean, yerr=[mean - low, high - mean], marker="o", capsize=4, label=label)
+    seeds_x = [p["x"] for p in members for _ in p.get("seeds", ())]
+    seeds_y = [100 * v for p in members for v in p.get("seeds", ())]
+    dots = ax.scatter(seeds_x, seeds_y, s=9, alpha=0.3, color=bars.lines[0].get_color(), linewidths=0)
+    # Matplotlib sizes the axes only from artists in plain data coordinates, so the
+    # sideways nudge is applied after the points have set the limits.
+    shift = offset_copy(ax.transData, fig=ax.figure, x=nudge, units="points")
+    for artist in bars.get_children():
+        artist.set_transform(shift)
+    dots.set_offset_transform(shift)  # a scatter places its markers through its offsets
 
 
 def plot_summary(
@@ -214,7 +304,48 @@ def plot_summary(
     fig, ax = plt.subplots(figsize=(6.5, 4.5), layout="constrained")
     try:
         draw_summary(ax, points, x_key, group_key)
-        ax.set_title(title or f"test accuracy vs {x_key}")
+        ax.set_title(f"{title or f'test accuracy vs {x_key}'}\n({INTERVAL_LABEL})", fontsize="medium")
+        _save(fig, path)
+    finally:
+        plt.close(fig)
+
+
+def plot_summary_panels(panels: Sequence[tuple[str, Sequence[dict]]], path: str | os.PathLike) -> None:
+    """summary.png of a sweep of many points: one small panel per swept key (see `draw_summary`).
+
+    Each panel's points are one per value of its key: the mean over the sweep points
+    holding it, a 95 % interval over those points, and the points' own means as dots.
+    """
+    ncols = min(3, len(panels))
+    nrows = math.ceil(len(panels) / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4 * ncols, 3.2 * nrows), squeeze=False, layout="constrained")
+    try:
+        for ax, (key, points) in zip(axes.ravel(), panels):
+            draw_summary(ax, points, key, ylabel="test accuracy (%)")
+        for ax in axes.ravel()[len(panels):]:
+            ax.set_visible(False)
+        fig.suptitle("mean test accuracy per value, over the other keys "
+                     "(error bars: 95 % CI over points; dots: points)", fontsize="medium")
+        _save(fig, path)
+    finally:
+        plt.close(fig)
+
+
+def plot_search(trials: Sequence[dict], path: str | os.PathLike) -> None:
+    """summary.png of a search: the objective it maximises (mean validation accuracy) per trial.
+
+    Trials are draw_summary points with the trial number as x; a step line shows the
+    best value found so far.
+    """
+    fig, ax = plt.subplots(figsize=(6.5, 4.5), layout="constrained")
+    try:
+        draw_summary(ax, trials, "trial", ylabel="validation accuracy (%)")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # not one tick per trial
+        ordered = sorted((t for t in trials if t.get("mean") is not None), key=lambda t: t["x"])
+        best = np.maximum.accumulate([100 * t["mean"] for t in ordered])
+        ax.step([t["x"] for t in ordered], best, where="post", color="grey", linestyle="--", label="best so far")
+        ax.legend(fontsize="small", loc="lower right")
+        ax.set_title(f"search objective: mean validation accuracy per trial\n({INTERVAL_LABEL})", fontsize="medium")
         _save(fig, path)
     finally:
         plt.close(fig)
@@ -222,6 +353,16 @@ def plot_summary(
 
 def _is_number(value: object) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+
+
+@contextmanager
+def _closed_on_error(fig: Figure) -> Iterator[None]:
+    """Close `fig` when drawing it fails, so that no figure stays open."""
+    try:
+        yield
+    except BaseException:
+        plt.close(fig)
+        raise
 
 
 def _save(fig: Figure, path: str | os.PathLike) -> None:

@@ -47,9 +47,22 @@ class EpochReport:
         self.note(seeds, values)
         self.read_inbox()
         if self.tty:
-            print(f"\r{self.line(epoch, epochs)}", end="\n" if epoch == epochs else "", file=sys.stderr, flush=True)
-        elif epoch % LOG_EVERY == 0 or epoch == epochs:
+            print(f"\r{self.line(epoch, epochs)}", end="", file=sys.stderr, flush=True)
+        elif epoch % LOG_EVERY == 0 and epoch < epochs:
             log.info("%s", self.line(epoch, epochs))
+
+    def finish(self, runs) -> None:
+        """The job's last line, from every seed's history once all processes are done."""
+        for run in runs:
+            rows = [i for i, loss in enumerate(run.history["train_loss"]) if math.isfinite(loss)]
+            last = rows[-1] if rows else -1
+            self.latest[run.seed] = (run.epochs_run, run.history["train_loss"][last] if rows else math.nan,
+                                     run.history["val_acc"][last] if rows else math.nan)
+        epochs = max(len(run.history["epoch"]) for run in runs)
+        if self.tty:
+            print(f"\r{self.line(epochs, epochs)}", file=sys.stderr, flush=True)
+        else:
+            log.info("%s", self.line(epochs, epochs))
 
     def note(self, seeds: list[int], values: dict[str, list[float]]) -> None:
         for s, seed in enumerate(seeds):

@@ -12,7 +12,7 @@ stack of two or more its arithmetic does not either, to the last bit (see
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Callable
 
@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from pneumolab.config import Config
-from pneumolab.data import Dataset, Split, normalize
+from pneumolab.data import Dataset, Split, normalize, stratified_holdout
 from pneumolab.errors import PneumolabError
 from pneumolab.heads import Head, make_head, predict
 from pneumolab.models import build_stack, check_model
@@ -76,6 +76,8 @@ class DeviceData:
     images: torch.Tensor
     labels: torch.Tensor
     stats: tuple[float, float]  # the training pixels' mean and std
+    # (S, n): the rows each seed uses, when seeds hold out their own validation images; None: all rows.
+    index: torch.Tensor | None = None
 
     @classmethod
     def of(cls, split: Split, device: torch.device, stats: tuple[float, float]) -> "DeviceData":
@@ -86,6 +88,23 @@ class DeviceData:
         # index_select is a faster gather than images[index].
         x = self.images[index] if isinstance(index, slice) else self.images.index_select(0, index)
         return normalize(x, *self.stats)
+
+
+@dataclass
+class TrainingData:
+    """The splits on the device; with `val_per_seed`, val is drawn from train by each seed."""
+
+    splits: dict[str, DeviceData]
+    val_per_seed: float | None = None
+
+    def for_seeds(self, seeds: list[int]) -> dict[str, DeviceData]:
+        if self.val_per_seed is None:
+            return self.splits
+        pool = self.splits["train"]
+        held = [stratified_holdout(pool.labels.cpu().numpy(), self.val_per_seed, seed) for seed in seeds]
+        # Stratified by class counts alone, so every seed keeps and holds out as many images.
+        keep, val = (torch.from_numpy(np.stack([h[part] for h in held])).to(pool.images.device) for part in (0, 1))
+        return {"train": replace(pool, index=keep), "val": replace(pool, index=val), "test": self.splits["test"]}
 
 
 class SeedOptimizers:
@@ -133,8 +152,10 @@ def train_one_epoch(stack, optimizers: SeedOptimizers, head: Head, data: DeviceD
                     shufflers: list[torch.Generator], batch_size: int, active: list[bool]):
     """One pass over the training split, each seed in its own order; loss and accuracy (S,)."""
     stack.train()
-    n = len(data.labels)
+    n = len(data.labels) if data.index is None else data.index.shape[1]
     order = torch.stack([torch.randperm(n, generator=g) for g in shufflers]).to(data.images.device)
+    if data.index is not None:
+        order = data.index.gather(1, order)
     labels = data.labels[order]
     logits = []
     for start in range(0, n, batch_size):
@@ -153,15 +174,22 @@ def train_one_epoch(stack, optimizers: SeedOptimizers, head: Head, data: DeviceD
 def evaluate(stack, head: Head, data: DeviceData):
     """Per-seed mean loss (S,), accuracy (S,) and pneumonia log-odds (S, N)."""
     stack.eval()
-    losses, log_odds = [], []
-    for start in range(0, len(data.labels), EVAL_CHUNK):
-        logits = stack.forward_shared(data.rows(slice(start, start + EVAL_CHUNK)))
-        y = data.labels[start : start + EVAL_CHUNK]
-        losses.append(head.loss(logits, y.expand(logits.shape[0], -1)) * len(y))
+    n = len(data.labels) if data.index is None else data.index.shape[1]
+    losses, log_odds, labels = [], [], []
+    for start in range(0, n, EVAL_CHUNK):
+        if data.index is None:
+            logits = stack.forward_shared(data.rows(slice(start, start + EVAL_CHUNK)))
+            y = data.labels[start : start + EVAL_CHUNK].expand(logits.shape[0], -1)
+        else:  # each seed its own rows
+            idx = data.index[:, start : start + EVAL_CHUNK]
+            logits = stack(data.rows(idx.reshape(-1)).view(*idx.shape, *data.images.shape[1:]))
+            y = data.labels[idx]
+        losses.append(head.loss(logits, y) * y.shape[1])
         log_odds.append(head.log_odds(logits))
+        labels.append(y)
     log_odds = torch.cat(log_odds, dim=1)
-    acc = (predict(log_odds) == data.labels).float().mean(1)
-    return torch.stack(losses).sum(0) / len(data.labels), acc, log_odds
+    acc = (predict(log_odds) == torch.cat(labels, dim=1)).float().mean(1)
+    return torch.stack(losses).sum(0) / n, acc, log_odds
 
 
 def record_epoch(runs: list[SeedRun], active: list[bool], values: dict[str, list[float]]) -> list[int]:
@@ -182,9 +210,10 @@ def record_epoch(runs: list[SeedRun], active: list[bool], values: dict[str, list
     return improved
 
 
-def fit_seeds(settings: Config, head: Head, splits: dict[str, DeviceData], seeds: list[int], batched: bool,
+def fit_seeds(settings: Config, head: Head, data: TrainingData, seeds: list[int], batched: bool,
               on_epoch: EpochCallback | None = None) -> list[SeedRun]:
     """Train `seeds` side by side for trainer.epochs, then evaluate the chosen checkpoint on the test split."""
+    splits = data.for_seeds(seeds)
     device, epochs = splits["train"].images.device, settings.trainer.epochs
     in_shape = tuple(splits["train"].images.shape[1:])
     stack = build_stack(settings.model, in_shape, head.n_outputs, seeds, device,
@@ -231,12 +260,12 @@ def shuffle_seed(seed: int) -> int:
     return int(np.random.SeedSequence([seed, 1]).generate_state(1, np.uint64)[0])
 
 
-def fit_group(settings: Config, head: Head, splits: dict[str, DeviceData], seeds: list[int],
+def fit_group(settings: Config, head: Head, data: TrainingData, seeds: list[int],
               on_epoch: EpochCallback | None = None) -> list[SeedRun]:
     """Train `seeds` in this process: side by side, or one after another."""
     if settings.trainer.batched_seeds:
-        return fit_seeds(settings, head, splits, seeds, batched=True, on_epoch=on_epoch)
-    return [run for seed in seeds for run in fit_seeds(settings, head, splits, [seed], False, on_epoch)]
+        return fit_seeds(settings, head, data, seeds, batched=True, on_epoch=on_epoch)
+    return [run for seed in seeds for run in fit_seeds(settings, head, data, [seed], False, on_epoch)]
 
 
 def seed_processes(settings: Config, device: torch.device, cores: int) -> int:
@@ -289,12 +318,13 @@ def fit(settings: Config, dataset: Dataset, device: torch.device, on_epoch: Epoc
     head = make_head(settings.head.name)
     check_model(settings.model, dataset.image_shape, head.n_outputs)
     stats = dataset.pixel_stats()
-    splits = {name: DeviceData.of(split, device, stats) for name, split in dataset.splits().items()}
+    data = TrainingData({name: DeviceData.of(split, device, stats) for name, split in dataset.splits().items()},
+                        dataset.val_per_seed)
     groups = seed_groups(list(settings.trainer.seeds), processes)
     # The first group reports in this process; the others' reports reach it through `relay`.
     relay = getattr(on_epoch, "relay", None)
     callbacks = [on_epoch] + [relay() if relay else None for _ in groups[1:]]
-    calls = [partial(fit_group, settings, head, splits, group, callback) for group, callback in zip(groups, callbacks)]
+    calls = [partial(fit_group, settings, head, data, group, callback) for group, callback in zip(groups, callbacks)]
     if len(calls) == 1:
         return calls[0]()
     # One thread in every process, the parent's too: forked children inherit the setting, and

@@ -50,7 +50,7 @@ def build_stack(cfg: ModelConfig, in_shape: tuple[int, int, int], n_outputs: int
         modules.append(build_model(cfg, in_shape, n_outputs))
         # The seed's dropout stream continues where its initialisation left the generator.
         states.append(torch.get_rng_state())
-    randomness = SeedRandomness(states, device)
+    randomness = SeedRandomness(seeds, states, device)
     if batched and isinstance(cfg, MLPConfig):
         return StackedMLP(modules, randomness).to(device)
     return SeedStack(modules, randomness).to(device)

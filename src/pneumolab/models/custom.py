@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 
 import torch
-from hydra.utils import get_class
 from torch import nn
 
 from pneumolab.config import CustomModelConfig
@@ -18,15 +18,21 @@ def import_model_class(target: str) -> type[nn.Module]:
     # Console scripts do not put the working directory on sys.path, but a user's mynets.py sits there.
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
+    module_name, _, class_name = target.rpartition(".")
+    example = "e.g. model._target_=mynets.TinyNet for class TinyNet in ./mynets.py"
+    if not module_name:
+        raise PneumolabError(f"model._target_={target} names no module. Give module.Class, {example}.")
     try:
-        cls = get_class(target)
+        module = importlib.import_module(module_name)
     except Exception as exc:  # noqa: BLE001 - whatever the import raised, the user gets one paragraph
-        cause = exc.__cause__ or exc
         raise PneumolabError(
-            f"model._target_={target} could not be imported ({type(cause).__name__}: {cause}). Give the dotted "
-            "path of an nn.Module class, e.g. model._target_=mynets.TinyNet for class TinyNet in ./mynets.py, "
-            "and check that the module imports on its own (python -c 'import mynets')."
+            f"model._target_={target}: the module {module_name} does not import ({type(exc).__name__}: {exc}). "
+            f"Put it in the current directory or install it, {example}, and check `python -c 'import {module_name}'`."
         ) from None
+    cls = getattr(module, class_name, None)
+    if cls is None:
+        raise PneumolabError(f"model._target_={target}: the module {module_name} ({module.__file__}) has no "
+                             f"{class_name}. Check the class name's spelling.")
     if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
         raise PneumolabError(f"model._target_={target} is not an nn.Module class. Name a subclass of torch.nn.Module.")
     return cls

@@ -31,16 +31,12 @@ class SeedRandomness:
     Swapped in around a seed's forward, so its masks never depend on the seeds beside it.
     """
 
-    def __init__(self, states: list[torch.Tensor], device: torch.device):
-        self.cpu_states = list(states)
+    def __init__(self, seeds: list[int], cpu_states: list[torch.Tensor], device: torch.device):
+        self.cpu_states = list(cpu_states)
         self.device = device
-        self.cuda_states = [self._cuda_state_for(s) for s in states] if device.type == "cuda" else None
-
-    def _cuda_state_for(self, cpu_state: torch.Tensor) -> torch.Tensor:
-        with torch.random.fork_rng(devices=[self.device]):
-            torch.set_rng_state(cpu_state)
-            torch.cuda.manual_seed(torch.randint(0, 2**62, ()).item())
-            return torch.cuda.get_rng_state(self.device)
+        # On a GPU dropout draws from the device's generator: one stream per seed there too.
+        self.cuda_states = ([torch.Generator(device).manual_seed(seed).get_state() for seed in seeds]
+                            if device.type == "cuda" else None)
 
     @contextmanager
     def of_seed(self, s: int) -> Iterator[None]:
