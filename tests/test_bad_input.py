@@ -177,6 +177,36 @@ def cuda_without_gpu(_: Inputs) -> Refusal:
     return Refusal(["trainer.device=cuda"], [no_gpu, "trainer.device=cpu"])
 
 
+def split_without(split: str, cls: int) -> Callable[[Inputs], Refusal]:
+    """An npz whose `split` has only labels of the other class."""
+
+    def build(inputs: Inputs) -> Refusal:
+        n = {"train": 20, "val": 6, "test": 8}[split]
+        overrides, path = inputs.npz_overrides(**{f"{split}_labels": np.full((n, 1), 1 - cls, np.uint8)})
+        missing = ("NORMAL", "PNEUMONIA")[cls]
+        return Refusal(overrides, [f"The {split} split of pneumoniamnist {path}", f"no {missing} images",
+                                   f"Add {missing} images to the {split} split"])
+
+    return build
+
+
+def npz_of_another_size(inputs: Inputs) -> Refusal:
+    path = write_npz(inputs.root / "p64.npz", size=64)
+    return Refusal(["data=pneumoniamnist", f"data.path={path}"], [f"{path} holds 64x64 px images", "data.size=64"])
+
+
+def broken_link(inputs: Inputs) -> Refusal:
+    root = inputs.xray()
+    link = root / "test" / "PNEUMONIA" / "moved.jpeg"
+    link.symlink_to(inputs.root / "elsewhere.jpeg")
+    return Refusal(inputs.folder_overrides(root), [f"{link} is a broken symbolic link", "Delete the link"])
+
+
+def too_large(_: Inputs) -> Refusal:
+    return Refusal(["data.image_size=100000"], ["images of 100000x100000 px needs about", "is available",
+                                                 "Lower the image size"])
+
+
 def truncate(path: Path, jpeg: bytes) -> None:
     path.write_bytes(jpeg[: len(jpeg) // 2])
 
@@ -213,6 +243,12 @@ CASES = [
     config_case("cosine-t-max", ["scheduler=cosine", "scheduler.t_max=-3"], "use null (anneal over trainer.epochs)"),
     config_case("unknown-device", ["trainer.device=tpu"], "use auto, cpu, cuda or cuda:N"),
     Case("cuda-without-gpu", cuda_without_gpu, cli=True),
+    Case("npz-test-without-pneumonia", split_without("test", 1), cli=True),
+    Case("npz-val-without-normal", split_without("val", 0)),
+    Case("npz-train-without-normal", split_without("train", 0)),
+    Case("npz-of-another-size", npz_of_another_size),
+    Case("broken-link", broken_link, cli=True),
+    Case("too-large-for-memory", too_large, cli=True),
 ]
 
 
@@ -284,3 +320,27 @@ def test_the_command_prints_the_paragraph_and_exits_non_zero(tmp_path, shared_xr
         assert not (inputs.job / "results.json").exists(), case.id
         if refusal.downloads:
             assert [p for p in inputs.cache.rglob("*") if p.is_file()] == [], case.id
+
+
+# Hydra's own composition errors, which the command-line pre-check lets through.
+HYDRA_ERRORS = {
+    "trainer.epochs=abc": ["trainer.epochs=abc", "could not be converted to Integer"],
+    "+trainer.epochs=3": ["trainer.epochs", "already"],
+    "hydra.run.dir=${nope}": ["nope"],
+}
+
+
+def test_hydra_composition_errors_exit_2_with_one_paragraph(tmp_path):
+    def run(override: str) -> subprocess.CompletedProcess:
+        return subprocess.run([*pneumolab_command(), *FAST, override], cwd=tmp_path, env=subprocess_env(),
+                              capture_output=True, text=True, timeout=120)
+
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        outcomes = dict(zip(HYDRA_ERRORS, pool.map(run, HYDRA_ERRORS)))
+    for override, proc in outcomes.items():
+        assert proc.returncode == 2, (override, proc.stderr)
+        assert "Traceback" not in proc.stderr and "HYDRA_FULL_ERROR" not in proc.stderr, proc.stderr
+        (line,) = proc.stderr.strip().splitlines()
+        assert line.startswith("pneumolab: error: "), line
+        check_message(line, HYDRA_ERRORS[override])
+    assert not (tmp_path / "outputs").exists()

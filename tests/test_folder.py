@@ -218,3 +218,82 @@ def test_a_read_only_data_folder_works(xray, cache):
 def test_load_data_caps_per_class(xray, cache):
     data = load_data(cfg_for(xray, limit_per_class=3))
     assert data.train.class_counts() == (3, 3) and data.test.class_counts() == (3, 3)
+
+
+# --- nothing dropped silently: sub-folders, links, litter --------------------------------
+
+
+def image_pixels(data, split: str) -> list[bytes]:
+    return sorted(image.numpy().tobytes() for image in getattr(data, split).images)
+
+
+def test_images_in_sub_folders_are_used(xray, cache):
+    test_normal = xray / "test" / "NORMAL"
+    flat = load_folder(cfg_for(xray))
+    # Half the test NORMAL images moved one and two levels down: the same images load.
+    names = sorted(p.name for p in test_normal.iterdir())
+    (test_normal / "batch 2" / "deeper").mkdir(parents=True)
+    (test_normal / names[0]).rename(test_normal / "batch 2" / names[0])
+    (test_normal / names[1]).rename(test_normal / "batch 2" / "deeper" / names[1])
+    nested = load_folder(cfg_for(xray))
+    assert nested.test.class_counts() == flat.test.class_counts() == (4, 4)
+    assert image_pixels(nested, "test") == image_pixels(flat, "test")
+    listed = [f.relpath for f in folder.list_images(xray)["test"]]
+    assert f"test/NORMAL/batch 2/deeper/{names[1]}" in listed and f"test/NORMAL/batch 2/{names[0]}" in listed
+
+
+def test_linked_folders_are_followed_once(tmp_path, xray, cache):
+    elsewhere = tmp_path / "more normals"
+    elsewhere.mkdir()
+    extra = next((xray / "train" / "PNEUMONIA").iterdir())
+    shutil.copyfile(extra, elsewhere / "extra.jpeg")
+    (xray / "test" / "NORMAL" / "linked").symlink_to(elsewhere, target_is_directory=True)
+    (elsewhere / "loop").symlink_to(elsewhere, target_is_directory=True)  # must not recurse forever
+    data = load_folder(cfg_for(xray))
+    assert data.test.class_counts() == (5, 4)
+
+
+def test_a_broken_link_is_named(xray, cache):
+    link = xray / "train" / "NORMAL" / "moved.jpeg"
+    link.symlink_to(xray / "gone" / "moved.jpeg")
+    with pytest.raises(PneumolabError) as caught:
+        load_folder(cfg_for(xray))
+    message = str(caught.value)
+    assert f"{link} is a broken symbolic link" in message and str(xray / "gone" / "moved.jpeg") in message
+    assert "Delete the link" in message and "\n" not in message
+
+
+def test_hidden_entries_are_skipped_and_counted_in_the_log(xray, cache, caplog):
+    (xray / "train" / "NORMAL" / ".ipynb_checkpoints").mkdir()
+    shutil.copyfile(next((xray / "train" / "NORMAL").glob("*.jpeg")),
+                    xray / "train" / "NORMAL" / ".ipynb_checkpoints" / "copy.jpeg")
+    (xray / "test" / "PNEUMONIA" / ".DS_Store").write_bytes(b"Bud1")
+    with caplog.at_level("INFO", logger="pneumolab.folder"):
+        data = load_folder(cfg_for(xray))
+    assert len(data.train) + len(data.val) == 16
+    assert "Skipped 2 hidden file(s) or folder(s)" in caplog.text
+    assert ".ipynb_checkpoints" in caplog.text and ".DS_Store" in caplog.text
+
+
+def test_a_test_split_without_a_class_stops_before_training(xray, cache):
+    for path in (xray / "test" / "PNEUMONIA").iterdir():
+        path.unlink()
+    with pytest.raises(PneumolabError) as caught:
+        load_data(cfg_for(xray))
+    message = str(caught.value)
+    assert "The test split of folder" in message and "no PNEUMONIA images (4 NORMAL, 0 PNEUMONIA)" in message
+    assert "test/PNEUMONIA/" in message
+
+
+def test_the_plan_counts_what_the_load_decodes(tmp_path, xray, cache):
+    (xray / "test" / "NORMAL" / "sub").mkdir()
+    shutil.copyfile(next((xray / "train" / "NORMAL").iterdir()), xray / "test" / "NORMAL" / "sub" / "x.jpeg")
+    cfg = cfg_for(xray, image_size=40)
+    plan = folder.plan_folder(cfg)
+    assert (plan.n_images, plan.image_shape, plan.cache_dir) == (25, (40, 40), cache)
+    assert plan.cache_bytes >= 25 * 40 * 40
+    data = load_folder(cfg)
+    assert sum(len(s) for s in data.splits().values()) == 25
+    (written,) = cache.glob("*.npz")
+    assert written.stat().st_size <= plan.cache_bytes
+    assert folder.plan_folder(cfg).cache_dir is None  # cached now: nothing more to write

@@ -11,7 +11,7 @@ from PIL import Image
 from pneumolab import medmnist
 from pneumolab.config import PneumoniaMNISTDataConfig
 from pneumolab.errors import PneumolabError
-from pneumolab.medmnist import download, load_pneumoniamnist
+from pneumolab.medmnist import download, load_pneumoniamnist, plan_pneumoniamnist
 
 SIZES = {"train": 20, "val": 6, "test": 8}
 
@@ -179,3 +179,26 @@ def test_load_downloads_once_into_the_cache(cache, server, monkeypatch):
     source.unlink()  # the second load must not need the server
     second = load_pneumoniamnist(cfg)
     assert np.array_equal(first.train.images.numpy(), second.train.images.numpy())
+
+
+def test_data_size_must_match_a_local_npz(tmp_path, cache):
+    path = write_npz(tmp_path / "p64.npz", size=64)
+    with pytest.raises(PneumolabError) as caught:
+        load_pneumoniamnist(PneumoniaMNISTDataConfig(path=str(path)))
+    message = str(caught.value)
+    assert f"{path} holds 64x64 px images, but data.size=28" in message and "Pass data.size=64" in message
+    data = load_pneumoniamnist(PneumoniaMNISTDataConfig(path=str(path), size=64))
+    assert data.image_shape == (1, 64, 64)
+    # Any size a local file holds, not only the release's four.
+    odd = write_npz(tmp_path / "p40.npz", size=40)
+    assert load_pneumoniamnist(PneumoniaMNISTDataConfig(path=str(odd), size=40)).image_shape == (1, 40, 40)
+
+
+def test_the_plan_reads_the_npz_headers_only(tmp_path, cache):
+    path = write_npz(tmp_path / "p.npz", size=32, channels=3)
+    plan = plan_pneumoniamnist(PneumoniaMNISTDataConfig(path=str(path), size=32))
+    assert (plan.n_images, plan.image_shape, plan.cache_dir) == (sum(SIZES.values()), (32, 32), None)
+    with pytest.raises(PneumolabError, match="holds 32x32 px images, but data.size=28"):
+        plan_pneumoniamnist(PneumoniaMNISTDataConfig(path=str(path)))
+    download_plan = plan_pneumoniamnist(PneumoniaMNISTDataConfig(size=64))
+    assert (download_plan.n_images, download_plan.image_shape, download_plan.cache_dir) == (5856, (64, 64), cache)

@@ -22,6 +22,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from pneumolab.config import Config, register_configs, to_settings
 from pneumolab.errors import PneumolabError
+from pneumolab.exits import handled
+import pneumolab.rundir  # noqa: F401 - registers ${pneumolab_unique:} before Hydra resolves a directory
+from pneumolab.extras import require_extras_for_arguments
+from pneumolab.tracking import check_tracker_installed, track_job
 
 log = logging.getLogger("pneumolab")
 
@@ -48,33 +52,9 @@ def configure_torch(settings: Config) -> None:
         # Must be set before the first cuBLAS call; harmless on CPU.
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     # Set both ways: sweep jobs can share one process, and one job's choice must not leak into the next.
-    # Only on a change: the call imports torch._dynamo, seconds of start-up.
+    # Only on a change: the call imports the graph compiler, seconds of start-up.
     if torch.are_deterministic_algorithms_enabled() != settings.trainer.deterministic:
         torch.use_deterministic_algorithms(settings.trainer.deterministic)
-
-
-class EpochReport:
-    """Seed / epoch / validation accuracy: one updating line on a terminal, log lines otherwise.
-
-    It hears from the seeds training in this process: all of them, one at a time when
-    they train one after another, or the first group when other processes train the rest.
-    """
-
-    def __init__(self, n_seeds: int) -> None:
-        self.tty = sys.stderr.isatty()
-        self.n_seeds = n_seeds
-
-    def __call__(self, epoch: int, epochs: int, seeds: list[int], val_acc: list[float]) -> None:
-        accs = " ".join("nan" if math.isnan(a) else f"{a:.3f}" for a in val_acc)
-        seed_text = f"seed {seeds[0]}" if len(seeds) == 1 else f"seeds {seeds[0]}..{seeds[-1]}"
-        if len(seeds) < self.n_seeds:
-            seed_text += f" of {self.n_seeds}"
-        line = f"{seed_text} | epoch {epoch}/{epochs} | val acc {accs}"
-        if self.tty:
-            end = "\n" if epoch == epochs else ""
-            print(f"\r{line}", end=end, file=sys.stderr, flush=True)
-        else:
-            log.info(line)
 
 
 def run_job(cfg: DictConfig, job_dir: Path, overrides: list[str], cores: int = 1) -> float | None:
@@ -85,18 +65,26 @@ def run_job(cfg: DictConfig, job_dir: Path, overrides: list[str], cores: int = 1
     """
     # Before the heavy imports below, so that a config mistake is reported in a second, not in five.
     settings = to_settings(cfg)
+    check_tracker_installed(settings.logger)
+    from pneumolab.cache import mention_large_cache
+
+    mention_large_cache(settings.data.resolved_cache_dir())
 
     import numpy as np
 
+    from pneumolab.checkpoint import inference_record, save_weights
     from pneumolab.data import load_data
-    from pneumolab.plots import plot_curves, plot_roc
+    from pneumolab.guards import check_job_resources
+    from pneumolab.plots import loss_name, plot_curves, plot_roc, setting_title
     from pneumolab.metrics import roc_curve
-    from pneumolab.results import RESULTS, build_results, read_json, write_metrics_csv, write_results
+    from pneumolab.results import RESULTS, build_results, write_metrics_csv, write_results
+    from pneumolab.resume import reusable_results
+    from pneumolab.progress import EpochReport
     from pneumolab.train import fit, resolve_device, seed_processes
 
     config = OmegaConf.to_container(cfg, resolve=True)
-    done = read_json(job_dir / RESULTS)
-    if done is not None and done.get("config") == config:
+    done = reusable_results(job_dir / RESULTS, config)
+    if done is not None:
         log.info("skipped: done (%s already holds this config)", job_dir / RESULTS)
         check_some_seed_converged(done, job_dir / RESULTS)
         return done["summary"]["val_acc"]["mean"]
@@ -105,24 +93,33 @@ def run_job(cfg: DictConfig, job_dir: Path, overrides: list[str], cores: int = 1
     device = resolve_device(settings.trainer.device)
     processes = seed_processes(settings, device, cores)
     start = time.perf_counter()
+    check_job_resources(settings, job_dir, device)  # disk room and memory, before anything is allocated
     dataset = load_data(settings.data)
     log.info("data: %s | train %d, val %d, test %d | device %s, %d process%s",
              dataset.source, len(dataset.train), len(dataset.val), len(dataset.test), device,
              processes, "es" if processes > 1 else "")
-    runs = fit(settings, dataset, device, on_epoch=EpochReport(len(settings.trainer.seeds)), processes=processes)
+    progress = EpochReport(settings.trainer.seeds, job_tag())
+    runs = fit(settings, dataset, device, on_epoch=progress, processes=processes)
+    progress.finish(runs)
     wall = time.perf_counter() - start
 
     test_labels = dataset.test.labels.numpy()
     results = build_results(config, overrides, runs, test_labels, dataset.source, wall, str(device))
+    results["data_summary"] = dataset.summary()  # what was trained on: image size, images per split and class
+    results["inference"] = inference_record(config["model"], settings.head.name, dataset.image_shape,
+                                            dataset.pixel_stats(), runs)
+    save_weights(job_dir, runs)
     write_metrics_csv(job_dir, runs)
-    plot_curves([{"seed": r.seed, **r.history} for r in runs], job_dir / "curves.png", title=" ".join(overrides) or None)
+    plot_curves([{"seed": r.seed, **r.history} for r in runs], job_dir / "curves.png",
+                title=setting_title(config), loss=loss_name(config))
     rocs = []
     for run, entry in zip(runs, results["per_seed"]):
         if not run.diverged:
             fpr, tpr = roc_curve(test_labels, run.test_scores)
             rocs.append({"seed": run.seed, "fpr": fpr, "tpr": tpr, "auc": entry["test_auc"]})
-    plot_roc(rocs, job_dir / "roc.png", title=" ".join(overrides) or None)
+    plot_roc(rocs, job_dir / "roc.png", title=setting_title(config))
     write_results(job_dir, results)
+    track_job(settings.logger, job_dir, runs, results)
 
     acc = results["summary"]["test_acc"]
     log.info("test acc %.4f +- %.4f over %d seeds (%d diverged) in %.1f s -> %s",
@@ -132,6 +129,13 @@ def run_job(cfg: DictConfig, job_dir: Path, overrides: list[str], cores: int = 1
     return float(np.mean([r.val_acc for r in runs if not r.diverged]))
 
 
+def job_tag() -> str:
+    """"job N" for a sweep's job N, so that parallel jobs' lines can be told apart; "" for a single run."""
+    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        return f"job {HydraConfig.get().job.num}"
+    return ""
+
+
 # Launchers that run one job at a time on the machine, or each job on its own allocation.
 WHOLE_MACHINE_LAUNCHERS = ("BasicLauncher", "SlurmLauncher")
 
@@ -139,7 +143,7 @@ WHOLE_MACHINE_LAUNCHERS = ("BasicLauncher", "SlurmLauncher")
 def job_cores(hydra_cfg: DictConfig) -> int:
     """CPU cores this job may use: all it may run on, unless the launcher runs several jobs
     side by side on this machine (joblib, submitit_local), which gives each job one core."""
-    from pneumolab.workers import usable_cores
+    from pneumolab.cores import usable_cores
 
     launcher = str(hydra_cfg.launcher.get("_target_", ""))
     if hydra_cfg.mode == RunMode.MULTIRUN and not launcher.endswith(WHOLE_MACHINE_LAUNCHERS):
@@ -209,9 +213,23 @@ def expand_nested_group_globs(args: list[str]) -> list[str]:
 
 
 def main() -> None:
+    from pneumolab import __version__
+    from pneumolab.overrides import check_command_line, groups_help
+
+    if "--version" in sys.argv[1:]:
+        print(f"pneumolab {__version__}")
+        return
     register_configs()
-    sys.argv[1:] = expand_nested_group_globs(sys.argv[1:])
-    hydra_entry()
+    OmegaConf.register_new_resolver("pneumolab_groups", groups_help, replace=True)  # --help's group list
+    try:
+        # First: composing the command line to check it would fail on a missing sweeper plugin.
+        require_extras_for_arguments(sys.argv[1:])
+        sys.argv[1:] = check_command_line(expand_nested_group_globs(sys.argv[1:]), config_dir())
+    except PneumolabError as exc:
+        print(f"pneumolab: error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    with handled():  # input problems exit 2, Ctrl-C / SIGTERM 130 / 143, one line each
+        hydra_entry()
     from pneumolab.sweep import failed_jobs_in_last_sweep
 
     if failed_jobs_in_last_sweep():

@@ -7,7 +7,9 @@ split's mean and std, so a 224 px dataset costs one byte per pixel in memory.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -16,6 +18,8 @@ from pneumolab.config import DataConfig
 from pneumolab.errors import PneumolabError
 
 CLASSES = ("NORMAL", "PNEUMONIA")
+# Pixels turned into float64 at a time for the pixel statistics (128 MB).
+STATS_CHUNK_PIXELS = 2**24
 
 
 @dataclass(frozen=True)
@@ -45,6 +49,9 @@ class Dataset:
     val: Split
     test: Split
     source: str  # one line for logs and results, e.g. "folder /data/chest_xray (28 px)"
+    # Set when each training seed holds out its own validation images: this fraction of `train`
+    # (stratified, drawn with the seed); `val` is then empty.
+    val_per_seed: float | None = None
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -56,7 +63,8 @@ class Dataset:
         Summed a chunk at a time: a float copy of 224 px training images would be 1 GB.
         """
         total = total_sq = 0.0
-        for chunk in self.train.images.split(256):
+        per_image = max(1, self.train.images[0].numel()) if len(self.train) else 1
+        for chunk in self.train.images.split(max(1, STATS_CHUNK_PIXELS // per_image)):
             pixels = chunk.to(torch.float64)
             total += float(pixels.sum())
             total_sq += float(pixels.square().sum())
@@ -67,6 +75,21 @@ class Dataset:
 
     def splits(self) -> dict[str, Split]:
         return {"train": self.train, "val": self.val, "test": self.test}
+
+    def summary(self) -> dict[str, Any]:
+        """What was trained and tested on, for results.json: source, image size, images per split and class."""
+        counts = {name: dict(zip(CLASSES, split.class_counts())) for name, split in self.splits().items()}
+        return {"source": self.source, "image_shape": list(self.image_shape[1:]), "counts": counts}
+
+
+@dataclass(frozen=True)
+class DataPlan:
+    """What loading a dataset will hold in memory and write, known before anything is loaded."""
+
+    n_images: int  # over all splits, before limit_per_class
+    image_shape: tuple[int, int]  # height, width
+    cache_dir: Path | None = None  # a folder the load writes into, if it writes at all
+    cache_bytes: int = 0
 
 
 def normalize(images_u8: torch.Tensor, mean: float, std: float) -> torch.Tensor:
@@ -97,20 +120,47 @@ def limit_per_class(split: Split, limit: int) -> Split:
 
 
 def check_dataset(dataset: Dataset) -> None:
-    """Fail early, with the fix, on splits that cannot train or be evaluated."""
+    """Fail early, with the fix, on splits that cannot train or be evaluated.
+
+    Every split needs both classes: training tells them apart, and validation and test
+    accuracy, AUC, sensitivity and specificity are undefined or misleading without one.
+    """
     for name, split in dataset.splits().items():
+        if name == "val" and dataset.val_per_seed is not None:
+            continue  # drawn from train by each seed
         if len(split) == 0:
             raise PneumolabError(
                 f"The {name} split of {dataset.source} is empty. Add images to it, or for a "
                 "folder dataset check the {train,val,test}/{NORMAL,PNEUMONIA} layout."
             )
-    n_normal, n_pneumonia = dataset.train.class_counts()
-    if n_normal == 0 or n_pneumonia == 0:
-        missing = "NORMAL" if n_normal == 0 else "PNEUMONIA"
-        raise PneumolabError(
-            f"The train split of {dataset.source} has no {missing} images, so there is nothing to "
-            f"tell apart. Add {missing} images to the training data."
-        )
+        counts = dict(zip(CLASSES, split.class_counts()))
+        missing = [cls for cls, n in counts.items() if n == 0]
+        if missing:
+            have = ", ".join(f"{n} {cls}" for cls, n in counts.items())
+            raise PneumolabError(
+                f"The {name} split of {dataset.source} has no {missing[0]} images ({have}), so "
+                f"{'there is nothing to tell apart' if name == 'train' else 'it cannot measure both classes'}. "
+                f"Add {missing[0]} images to the {name} split (for a folder dataset: {name}/{missing[0]}/)."
+            )
+
+
+def plan_data(cfg: DataConfig) -> DataPlan:
+    """What `load_data(cfg)` will allocate and write, from the config and file listings alone."""
+    if cfg.name == "phantom":
+        return DataPlan(cfg.n_train + cfg.n_val + cfg.n_test, (cfg.image_size, cfg.image_size))
+    if cfg.name == "pneumoniamnist":
+        from pneumolab.medmnist import plan_pneumoniamnist
+
+        return plan_pneumoniamnist(cfg)
+    if cfg.name == "folder":
+        from pneumolab.folder import plan_folder
+
+        return plan_folder(cfg)
+    raise _unknown_source(cfg)
+
+
+def _unknown_source(cfg: DataConfig) -> PneumolabError:
+    return PneumolabError(f"Unknown data source {cfg.name!r}: use data=phantom, data=pneumoniamnist or data=folder.")
 
 
 def load_data(cfg: DataConfig) -> Dataset:
@@ -122,11 +172,11 @@ def load_data(cfg: DataConfig) -> Dataset:
     elif cfg.name == "folder":
         from pneumolab.folder import load_folder as loader
     else:
-        raise PneumolabError(f"Unknown data source {cfg.name!r}: use data=phantom, data=pneumoniamnist or data=folder.")
+        raise _unknown_source(cfg)
     dataset = loader(cfg)
     if cfg.limit_per_class is not None:
-        dataset = Dataset(
-            *(limit_per_class(s, cfg.limit_per_class) for s in (dataset.train, dataset.val, dataset.test)),
+        dataset = replace(
+            dataset, **{name: limit_per_class(split, cfg.limit_per_class) for name, split in dataset.splits().items()},
             source=f"{dataset.source}, at most {cfg.limit_per_class} per class",
         )
     check_dataset(dataset)

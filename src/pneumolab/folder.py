@@ -1,5 +1,9 @@
 """Images in the Kaggle chest_xray layout: root/{train,val,test}/{NORMAL,PNEUMONIA}/*.
 
+Every file below a class folder is an image of that class, in sub-folders too (linked
+folders are followed, each once); a file that is no image, a broken link or an
+unreadable folder stops the load with its name. Hidden files and folders (names
+starting with a dot: .DS_Store, ._IM-0001.jpeg) are skipped and counted in the log.
 Every image is decoded to grayscale and resized to image_size x image_size
 (no crop, so non-square images are squeezed). Decoding thousands of JPEGs
 takes seconds, so the decoded arrays are cached as an npz under
@@ -21,13 +25,15 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from itertools import repeat
 from pathlib import Path
+from stat import S_ISREG
 
 import numpy as np
 import torch
 from PIL import Image
 
 from pneumolab.config import FolderDataConfig
-from pneumolab.data import CLASSES, Dataset, Split, stratified_holdout
+from pneumolab.cores import usable_cores
+from pneumolab.data import CLASSES, DataPlan, Dataset, Split, stratified_holdout
 from pneumolab.errors import PneumolabError
 from pneumolab.files import atomic_open
 
@@ -53,14 +59,31 @@ class ImageFile:
     mtime_ns: int
 
 
-def load_folder(cfg: FolderDataConfig) -> Dataset:
+def data_root(cfg: FolderDataConfig) -> Path:
     root = Path(cfg.root).expanduser().resolve()
     if not root.is_dir():
         raise PneumolabError(
             f"The data folder data.root={cfg.root!r} ({root}) does not exist or is not a folder. Point data.root at a folder "
             "laid out as {train,val,test}/{NORMAL,PNEUMONIA}/<images> (val/ is optional), "
-            "e.g. data.root=~/chest_xray."
+            "e.g. data.root=~/chest_xray or data.root=$HOME/chest_xray (both work as typed in bash and zsh)."
         )
+    return root
+
+
+def plan_folder(cfg: FolderDataConfig) -> DataPlan:
+    """The images load_folder will decode, and the cache file it will write when it has none yet."""
+    files = list_images(data_root(cfg))
+    n_images = sum(len(split_files) for split_files in files.values())
+    shape = (cfg.image_size, cfg.image_size)
+    cache_dir = cfg.resolved_cache_dir() / "folder"
+    if (cache_dir / f"{cache_key(files, cfg.image_size)}.npz").is_file():
+        return DataPlan(n_images, shape)
+    # An uncompressed npz: the pixels plus a few kB of headers.
+    return DataPlan(n_images, shape, cache_dir, n_images * cfg.image_size**2 + 64_000)
+
+
+def load_folder(cfg: FolderDataConfig) -> Dataset:
+    root = data_root(cfg)
     files = list_images(root)
     images = load_decoded(files, cfg.image_size, cfg.resolved_cache_dir() / "folder")
     splits = {
@@ -76,9 +99,15 @@ def load_folder(cfg: FolderDataConfig) -> Dataset:
                 torch.cat([pool.images, splits["val"].images]),
                 torch.cat([pool.labels, splits["val"].labels]),
             )
+        source = f"folder {root} ({cfg.image_size} px, val = {cfg.val_fraction:g} of train, split seed {cfg.split_seed})"
+        if cfg.split_seed == "per_seed":
+            # Each training seed holds out its own share (train.fit); the pixel statistics cover the pool.
+            empty = pool.take(np.zeros(0, dtype=np.int64))
+            return Dataset(pool, empty, splits["test"], source, val_per_seed=cfg.val_fraction)
         keep, held = stratified_holdout(pool.labels.numpy(), cfg.val_fraction, cfg.split_seed)
         splits["train"], splits["val"] = pool.take(keep), pool.take(held)
-        source = f"folder {root} ({cfg.image_size} px, val = {cfg.val_fraction:g} of train, split seed {cfg.split_seed})"
+    elif cfg.split_seed == "per_seed":
+        log.warning("data.split_seed=per_seed has no effect: %s has its own val/ split, which every seed uses.", root)
     return Dataset(**splits, source=source)
 
 
@@ -87,8 +116,10 @@ def _is_tiny(split: Split) -> bool:
 
 
 def list_images(root: Path) -> dict[str, list[ImageFile]]:
-    """Every non-hidden file per split, sorted; val/ may be absent or partial, train/ and test/ may not."""
+    """Every non-hidden file under each class folder, sub-folders included, sorted by path;
+    val/ may be absent or partial, train/ and test/ may not."""
     files: dict[str, list[ImageFile]] = {}
+    hidden: list[str] = []
     for split in SPLITS:
         files[split] = []
         split_dir = root / split
@@ -110,16 +141,54 @@ def list_images(root: Path) -> dict[str, list[ImageFile]]:
                     f"Create {split}/{cls}/ with its images; the class folders must be named exactly "
                     f"{' and '.join(CLASSES)}."
                 )
-            with os.scandir(class_dir) as entries:
-                for entry in sorted(entries, key=lambda e: e.name):
-                    # Hidden files are OS litter (.DS_Store, ._foo.jpeg), never images.
-                    if entry.name.startswith(".") or not entry.is_file():
-                        continue
-                    stat = entry.stat()
-                    files[split].append(
-                        ImageFile(Path(entry.path), f"{split}/{cls}/{entry.name}", label, stat.st_size, stat.st_mtime_ns)
-                    )
+            for path in walk_files(class_dir, hidden):
+                stat = file_stat(path)
+                relpath = f"{split}/{cls}/{path.relative_to(class_dir).as_posix()}"
+                files[split].append(ImageFile(path, relpath, label, stat.st_size, stat.st_mtime_ns))
+    if hidden:
+        # Hidden entries are OS and tool litter (.DS_Store, ._IM-0001.jpeg, .ipynb_checkpoints), never read.
+        log.info("Skipped %d hidden file(s) or folder(s) in the class folders: %s%s", len(hidden),
+                 ", ".join(hidden[:5]), ", ..." if len(hidden) > 5 else "")
     return files
+
+
+def walk_files(class_dir: Path, hidden: list[str]) -> list[Path]:
+    """Every non-hidden file below `class_dir`, following folder links (each folder once), sorted;
+    the hidden entries met on the way are appended to `hidden`."""
+
+    def unreadable(exc: OSError) -> None:
+        raise PneumolabError(
+            f"Cannot list the folder {exc.filename} ({exc.strerror}). Make it readable, or move it out of {class_dir}."
+        )
+
+    found, seen = [], set()
+    for folder, subfolders, names in os.walk(class_dir, onerror=unreadable, followlinks=True):
+        stat = os.stat(folder)
+        identity = (stat.st_dev, stat.st_ino)
+        if identity in seen:  # a link back to a folder already listed
+            subfolders[:] = []
+            continue
+        seen.add(identity)
+        hidden += [os.path.join(folder, name) for name in subfolders + names if name.startswith(".")]
+        subfolders[:] = [name for name in subfolders if not name.startswith(".")]
+        found += [Path(folder, name) for name in names if not name.startswith(".")]
+    return sorted(found)
+
+
+def file_stat(path: Path) -> os.stat_result:
+    """The file's size and times, or a PneumolabError naming a broken link or a non-file."""
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        raise PneumolabError(
+            f"{path} is a broken symbolic link (it points to {os.readlink(path)}, which does not exist). "
+            "Delete the link or point it at the image."
+        ) from None
+    except OSError as exc:
+        raise PneumolabError(f"Cannot read {path} ({exc.strerror}). Make it readable or delete it.") from None
+    if not S_ISREG(stat.st_mode):
+        raise PneumolabError(f"{path} is not a regular file (a pipe, socket or device). Move it out of the class folder.")
+    return stat
 
 
 def cache_key(files: dict[str, list[ImageFile]], image_size: int) -> str:
@@ -166,7 +235,7 @@ def _read_cache(path: Path, counts: dict[str, int], image_size: int) -> dict[str
 
 def decode_images(paths: list[Path], size: int) -> np.ndarray:
     """uint8 (N, size, size), decoded in a process pool when there are many files."""
-    workers = os.cpu_count() or 1
+    workers = usable_cores()
     if len(paths) < MIN_FILES_FOR_POOL or workers == 1:
         return _decode_chunk(paths, size)
     chunks = [list(chunk) for chunk in np.array_split(np.array(paths, dtype=object), 4 * workers) if len(chunk)]

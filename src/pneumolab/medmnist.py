@@ -20,9 +20,10 @@ import numpy as np
 import torch
 
 from pneumolab.config import PneumoniaMNISTDataConfig
-from pneumolab.data import Dataset, Split
+from pneumolab.data import DataPlan, Dataset, Split
 from pneumolab.errors import PneumolabError
 from pneumolab.files import create_temp_beside
+from pneumolab.guards import human, unwritable_reason
 
 log = logging.getLogger(__name__)
 
@@ -40,28 +41,84 @@ SPLITS = ("train", "val", "test")
 DOWNLOAD_TIMEOUT_S = 60.0
 
 
+# Images in the official release, every size: train 4708, val 524, test 624.
+OFFICIAL_IMAGES = 5856
+
+
 def load_pneumoniamnist(cfg: PneumoniaMNISTDataConfig) -> Dataset:
-    if cfg.path is not None:
-        path = Path(cfg.path).expanduser()
-        if not path.is_file():
-            raise PneumolabError(
-                f"data.path={cfg.path!r} does not exist or is not a file. Point data.path at a "
-                f"PneumoniaMNIST npz (e.g. pneumoniamnist.npz from {RECORD_PAGE}), or drop data.path "
-                "to download it automatically."
-            )
-    else:
-        path = fetch(cfg)
+    path = local_npz(cfg) if cfg.path is not None else fetch(cfg)
     splits = read_npz(path)
+    check_size(cfg, path, tuple(splits["train"].images.shape[-2:]))
     size = splits["train"].images.shape[-1]
     return Dataset(**splits, source=f"pneumoniamnist {path} ({size} px)")
 
 
+def plan_pneumoniamnist(cfg: PneumoniaMNISTDataConfig) -> DataPlan:
+    """The images the npz holds (from its array headers alone), and the cache a download writes into."""
+    side = (cfg.size, cfg.size)
+    if cfg.path is None:
+        dest = cached_npz(cfg)
+        # The download's own size is checked against the free space once the server names it.
+        return DataPlan(OFFICIAL_IMAGES, side, None if dest.is_file() else dest.parent)
+    path = local_npz(cfg)
+    shapes = npz_image_shapes(path)
+    if shapes is None:  # not a readable npz: read_npz names the problem
+        return DataPlan(0, side)
+    check_size(cfg, path, shapes[0][1:3])
+    return DataPlan(sum(shape[0] for shape in shapes), shapes[0][1:3])
+
+
+def local_npz(cfg: PneumoniaMNISTDataConfig) -> Path:
+    path = Path(cfg.path).expanduser()
+    if not path.is_file():
+        raise PneumolabError(
+            f"data.path={cfg.path!r} does not exist or is not a file. Point data.path at a "
+            f"PneumoniaMNIST npz (e.g. pneumoniamnist.npz from {RECORD_PAGE}), or drop data.path "
+            "to download it automatically."
+        )
+    return path
+
+
+def check_size(cfg: PneumoniaMNISTDataConfig, path: Path, side: tuple[int, ...]) -> None:
+    """data.size must say what the npz holds, so that results.json records what was trained on."""
+    if tuple(side) != (cfg.size, cfg.size):
+        raise PneumolabError(
+            f"{path} holds {side[0]}x{side[1]} px images, but data.size={cfg.size}. Pass "
+            f"data.size={side[0]} with this file, so that the run records the size it trained on"
+            + ("." if side[0] == side[1] else ", after making the images square.")
+        )
+
+
+def npz_image_shapes(path: Path) -> list[tuple[int, ...]] | None:
+    """Shapes of train_images, val_images and test_images, read from the npy headers without loading
+    the pixels; None when the file is not an npz of such arrays."""
+    shapes = []
+    try:
+        with zipfile.ZipFile(path) as archive:
+            for split in SPLITS:
+                with archive.open(f"{split}_images.npy") as fh:
+                    version = np.lib.format.read_magic(fh)
+                    read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+                    shapes.append(read_header(fh)[0])
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile, zlib.error, EOFError):
+        return None
+    return shapes if all(len(shape) >= 3 for shape in shapes) else None
+
+
+def size_suffix(size: int) -> str:
+    """How the release names its files: pneumoniamnist.npz at 28 px, pneumoniamnist_<size>.npz otherwise."""
+    return "" if size == 28 else f"_{size}"
+
+
+def cached_npz(cfg: PneumoniaMNISTDataConfig) -> Path:
+    return cfg.resolved_cache_dir() / f"pneumoniamnist{size_suffix(cfg.size)}.npz"
+
+
 def fetch(cfg: PneumoniaMNISTDataConfig) -> Path:
     """The cached npz for `cfg.size`, downloaded and checked first if it is not there yet."""
-    suffix = "" if cfg.size == 28 else f"_{cfg.size}"
-    dest = cfg.resolved_cache_dir() / f"pneumoniamnist{suffix}.npz"
+    dest = cached_npz(cfg)
     if not dest.is_file():
-        download(cfg.url.format(suffix=suffix), dest, MD5[cfg.size])
+        download(cfg.url.format(suffix=size_suffix(cfg.size)), dest, MD5[cfg.size])
     return dest
 
 
@@ -88,6 +145,7 @@ def download(url: str, dest: Path, md5: str, timeout: float = DOWNLOAD_TIMEOUT_S
         log.info("Downloading %s to %s", url, dest)
         digest = hashlib.md5()
         with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
+            check_room(response, url, dest, by_hand)
             while chunk := response.read(1 << 20):
                 digest.update(chunk)
                 out.write(chunk)
@@ -112,6 +170,17 @@ def download(url: str, dest: Path, md5: str, timeout: float = DOWNLOAD_TIMEOUT_S
         ) from None
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def check_room(response: http.client.HTTPResponse, url: str, dest: Path, by_hand: str) -> None:
+    """Refuse before streaming a download that the cache's disk cannot hold, when the server gives its size."""
+    length = response.headers.get("Content-Length", "")
+    reason = unwritable_reason(dest.parent, int(length)) if length.isdigit() else None
+    if reason:
+        raise PneumolabError(
+            f"Cannot download {url} ({human(int(length))}) into {dest.parent}: {reason}. Free some space, or set "
+            f"data.cache_dir (or $PNEUMOLAB_DATA) to a folder with room, or: {by_hand}"
+        )
 
 
 def read_npz(path: Path) -> dict[str, Split]:

@@ -13,15 +13,18 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
 import sys
 import threading
 import time
 import traceback
-from typing import Callable, TypeVar
+from contextlib import contextmanager
+from typing import Callable, Iterator, TypeVar
 
 from pneumolab.errors import PneumolabError
 
 T = TypeVar("T")
+STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 
 
 def fork_available() -> bool:
@@ -45,7 +48,8 @@ def call_side_by_side(calls: list[Callable[[], T]]) -> list[T]:
         for call in calls[1:]:
             receiver, sender = context.Pipe(duplex=False)
             child = context.Process(target=_run_child, args=(call, sender, os.getpid()), name="pneumolab-seeds")
-            child.start()
+            with stop_signals_held():
+                child.start()
             sender.close()
             children.append((child, receiver))
         results = [calls[0]()]
@@ -66,11 +70,28 @@ def call_side_by_side(calls: list[Callable[[], T]]) -> list[T]:
         for child, receiver in children:
             if child.is_alive():
                 child.terminate()
+                child.join(timeout=5)
+            if child.is_alive():
+                child.kill()
             child.join()
             receiver.close()
 
 
+@contextmanager
+def stop_signals_held() -> Iterator[None]:
+    """Ctrl-C and SIGTERM wait while a child is forked, so that none lands in a half-made child."""
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
+
+
 def _run_child(call: Callable[[], T], sender, parent_pid: int) -> None:
+    # A stop signal ends a child at once; the parent, which handles it, reports and cleans up.
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
     threading.Thread(target=_exit_when_orphaned, args=(parent_pid,), daemon=True).start()
     try:
         outcome = (True, call())
