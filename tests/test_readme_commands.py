@@ -23,6 +23,9 @@ The rules, for whoever edits the README:
 5. A command must exit 0, or the code a trailing comment states: `# exits 2`.
 6. Where zsh is installed, each command must split into the same words under zsh as
    under bash (so an unquoted `[0,1]` or `*` fails here, not on a zsh user's machine).
+7. A ```python or ```yaml block whose info string names `file=PATH` (```python file=mynets.py)
+   is a file the user writes: it is saved as PATH in every session's working directory
+   (a custom model, an experiment config).
 To try a draft: PNEUMOLAB_README=draft.md pytest tests/test_readme_commands.py
 """
 
@@ -41,7 +44,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import REPO, SHARED_XRAY, subprocess_env
+from conftest import REPO, SHARED_XRAY, copy_tiny_xray, subprocess_env
 
 README = Path(os.environ.get("PNEUMOLAB_README", REPO / "README.md"))
 FENCE = re.compile(r"^(```+|~~~+)\s*(\S*)")
@@ -88,6 +91,23 @@ def extract_commands(markdown: str) -> list[Command]:
     return commands
 
 
+FILE_BLOCK = re.compile(r"^(```+)(python|yaml)\s+file=(\S+)\s*$")
+
+
+def extract_files(markdown: str) -> dict[str, str]:
+    """The ```python and ```yaml blocks marked `file=PATH` (rule 7), by path."""
+    files, path, body = {}, None, []
+    for line in markdown.splitlines():
+        marked = FILE_BLOCK.match(line.strip())
+        if path is None and marked:
+            path, body = marked.group(3), []
+        elif path is not None and line.strip().startswith("```"):
+            files[path], path = "\n".join(body) + "\n", None
+        elif path is not None:
+            body.append(line)
+    return files
+
+
 def tiny(command: str) -> str:
     """The command with the tiny settings of rule 4 appended."""
     code = EXIT_MARK.sub("", command).rstrip()
@@ -112,14 +132,6 @@ def words_under(shell: str, command: str, env: dict, cwd: Path) -> subprocess.Co
 # --- the workspace: HOME with ~/chest_xray, a seeded cache, a working directory -------------
 
 
-def tiny_xray(dest: Path) -> None:
-    for split in ("train", "test"):
-        for cls in ("NORMAL", "PNEUMONIA"):
-            (dest / split / cls).mkdir(parents=True)
-            for image in sorted((SHARED_XRAY / split / cls).iterdir())[:IMAGES_PER_CLASS]:
-                shutil.copy(image, dest / split / cls / image.name)
-
-
 def tiny_pneumoniamnist(path: Path) -> None:
     rng = np.random.default_rng(0)
     arrays = {}
@@ -131,11 +143,12 @@ def tiny_pneumoniamnist(path: Path) -> None:
 
 
 COMMANDS = extract_commands(README.read_text(encoding="utf-8")) if README.is_file() else []
+FILES = extract_files(README.read_text(encoding="utf-8")) if README.is_file() else {}
 
 
 def environment(root: Path) -> dict:
     home, cache = root / "home", root / "cache"
-    tiny_xray(home / "chest_xray")
+    copy_tiny_xray(SHARED_XRAY, home / "chest_xray", IMAGES_PER_CLASS)
     tiny_pneumoniamnist(cache / "pneumoniamnist.npz")
     return subprocess_env() | {
         "HOME": str(home),
@@ -147,6 +160,9 @@ def environment(root: Path) -> dict:
 def run_session(commands: list[Command], env: dict, work: Path) -> dict[Command, subprocess.CompletedProcess]:
     """One ```console block's commands, in order, in its own working directory."""
     work.mkdir()
+    for name, text in FILES.items():
+        (work / name).parent.mkdir(parents=True, exist_ok=True)
+        (work / name).write_text(text, encoding="utf-8")
     return {
         command: subprocess.run(["bash", "-c", tiny(command.text)], cwd=work, env=env, capture_output=True,
                                 text=True, timeout=COMMAND_TIMEOUT_S, stdin=subprocess.DEVNULL)
@@ -226,6 +242,13 @@ def test_extraction_follows_the_documented_rules():
     assert [c.exit_code for c in commands] == [0, 0, 2, 0]
     assert [c.line for c in commands] == [6, 8, 10, 18]
     assert [c.block for c in commands] == [1, 1, 1, 3]
+
+
+def test_files_the_user_writes_are_taken_from_marked_python_blocks():
+    markdown = ("```python file=mynets.py\nimport torch\n```\n\n```python\nprint('not a file')\n```\n"
+                "```yaml file=conf/experiment/x.yaml\n# @package _global_\ntag: x\n```\n")
+    assert extract_files(markdown) == {"mynets.py": "import torch\n",
+                                       "conf/experiment/x.yaml": "# @package _global_\ntag: x\n"}
 
 
 def test_tiny_appends_smoke_settings_without_overriding_the_command():

@@ -292,7 +292,7 @@ def compose_hydra(overrides: list[str]):
 
 def test_slurm_launcher_config_composes():
     launcher = compose_hydra(["hydra/launcher=slurm", "hydra.launcher.partition=gpu"]).hydra.launcher
-    assert launcher._target_ == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
+    assert launcher._target_ == "hydra_plugins.pneumolab_slurm.slurm_launcher.SlurmLauncher"
     assert launcher.partition == "gpu"
     assert (launcher.cpus_per_task, launcher.gpus_per_node, launcher.mem_gb) == (1, 0, 4)
     assert launcher.timeout_min > 0 and launcher.array_parallelism > 0
@@ -412,3 +412,17 @@ def test_a_thousand_point_grid_leads_with_the_best_points_and_main_effects(big_g
 def test_a_thousand_point_grid_with_all_pairs_tests_the_leaders(big_grid):
     root, _ = big_grid
     assert len(sweep.build_summary([root], all_pairs=True).comparisons) == 45
+
+
+def test_the_end_of_a_large_sweep_names_its_tests_table_instead_of_printing_them(tmp_path: Path, caplog):
+    for i, head_bs in enumerate([(h, b) for h in ("bce", "ce") for b in (32, 64, 128)]):
+        write_point(tmp_path / str(i), [f"head={head_bs[0]}", f"data.batch_size={head_bs[1]}"], [0.70 + i / 100, 0.72])
+    config = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}})
+    callback = sweep.SweepSummaryCallback()
+    callback.on_multirun_start(config)
+    with caplog.at_level("INFO", logger="pneumolab"):
+        callback.on_multirun_end(config)
+    lines = [r.getMessage() for r in caplog.records]
+    assert not any(" vs " in line for line in lines)
+    assert f"9 comparisons of test accuracy: see the significance table of {tmp_path / 'summary.md'}" in lines
+    assert "p (Holm)" in (tmp_path / "summary.md").read_text()

@@ -10,7 +10,7 @@ from pneumolab.config import (
 )
 from pneumolab.data import Dataset, Split
 from pneumolab.errors import PneumolabError
-from pneumolab.train import fit, seed_groups, seed_processes
+from pneumolab.train import DeviceData, TrainingData, fit, seed_groups, seed_processes
 
 
 # tests/models_for_tests.py holds a plain one-seed nn.Module, as a user would write one.
@@ -204,9 +204,12 @@ def test_per_seed_holdouts_give_each_seed_its_own_validation_images(toy):
     # A seed's numbers depend on its own holdout only, not on the seeds beside it.
     (alone,) = fit(settings(trainer=TrainerConfig(epochs=3, seeds=[2])), per_seed, torch.device("cpu"))
     np.testing.assert_allclose(runs[2].history["val_loss"], alone.history["val_loss"], rtol=1e-5)
-    # Seed 1 trained on the pool minus its own holdout: the same as a fixed split drawn with seed 1.
-    keep, held = stratified_holdout(pool.labels.numpy(), 0.2, 1)
-    fixed = replace(toy, train=pool.take(keep), val=pool.take(held))
-    (same,) = fit(settings(trainer=TrainerConfig(epochs=3, seeds=[1])), fixed, torch.device("cpu"))
-    np.testing.assert_allclose(same.history["val_loss"], runs[1].history["val_loss"], rtol=1e-5)
-    assert len({tuple(stratified_holdout(pool.labels.numpy(), 0.2, s)[1]) for s in (0, 1, 2)}) == 3
+    # Each seed trains on the pool minus the stratified holdout drawn with that seed, and validates on it.
+    devices = {name: DeviceData.of(split, torch.device("cpu"), (0.5, 0.2)) for name, split in per_seed.splits().items()}
+    splits = TrainingData(devices, 0.2).for_seeds([0, 1, 2])
+    for row, seed in enumerate([0, 1, 2]):
+        keep, held = stratified_holdout(pool.labels.numpy(), 0.2, seed)
+        assert splits["train"].index[row].tolist() == keep.tolist()
+        assert splits["val"].index[row].tolist() == held.tolist()
+    assert len({tuple(row) for row in splits["val"].index.tolist()}) == 3
+    assert len({tuple(r.history["val_acc"]) for r in runs}) == 3

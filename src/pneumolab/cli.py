@@ -63,25 +63,14 @@ def run_job(cfg: DictConfig, job_dir: Path, overrides: list[str], cores: int = 1
 
     None when no seed has one (every seed diverged in an earlier run of this point).
     """
-    # Before the heavy imports below, so that a config mistake is reported in a second, not in five.
+    # Before the heavy imports, so that a config mistake is reported in a second, not in five.
     settings = to_settings(cfg)
     check_tracker_installed(settings.logger)
     from pneumolab.cache import mention_large_cache
+    from pneumolab.results import RESULTS
+    from pneumolab.resume import reusable_results
 
     mention_large_cache(settings.data.resolved_cache_dir())
-
-    import numpy as np
-
-    from pneumolab.checkpoint import inference_record, save_weights
-    from pneumolab.data import load_data
-    from pneumolab.guards import check_job_resources
-    from pneumolab.plots import loss_name, plot_curves, plot_roc, setting_title
-    from pneumolab.metrics import roc_curve
-    from pneumolab.results import RESULTS, build_results, write_metrics_csv, write_results
-    from pneumolab.resume import reusable_results
-    from pneumolab.progress import EpochReport
-    from pneumolab.train import fit, resolve_device, seed_processes
-
     config = OmegaConf.to_container(cfg, resolve=True)
     done = reusable_results(job_dir / RESULTS, config)
     if done is not None:
@@ -89,19 +78,47 @@ def run_job(cfg: DictConfig, job_dir: Path, overrides: list[str], cores: int = 1
         check_some_seed_converged(done, job_dir / RESULTS)
         return done["summary"]["val_acc"]["mean"]
 
+    dataset, runs, wall, device = train_job(settings, job_dir, cores)
+    results = write_job_outputs(job_dir, config, overrides, settings, dataset, runs, wall, device)
+    track_job(settings.logger, job_dir, runs, results)
+    acc = results["summary"]["test_acc"]
+    log.info("test acc %.4f +- %.4f over %d seeds (%d diverged) in %.1f s -> %s",
+             acc["mean"] if acc["n"] else math.nan, acc["std"] if acc["n"] else math.nan,
+             acc["n"], results["n_diverged"], wall, job_dir)
+    check_some_seed_converged(results, job_dir / RESULTS)
+    return results["summary"]["val_acc"]["mean"]
+
+
+def train_job(settings: Config, job_dir: Path, cores: int):
+    """Load the data and train every seed: (dataset, runs, wall seconds, device)."""
+    from pneumolab.data import load_data
+    from pneumolab.guards import check_job_resources
+    from pneumolab.progress import EpochReport
+    from pneumolab.train import fit, resolve_device, seed_processes
+
+    log.info("settings: %s", describe_settings(settings))
     configure_torch(settings)
     device = resolve_device(settings.trainer.device)
     processes = seed_processes(settings, device, cores)
     start = time.perf_counter()
     check_job_resources(settings, job_dir, device)  # disk room and memory, before anything is allocated
     dataset = load_data(settings.data)
-    log.info("data: %s | train %d, val %d, test %d | device %s, %d process%s",
-             dataset.source, len(dataset.train), len(dataset.val), len(dataset.test), device,
-             processes, "es" if processes > 1 else "")
+    log.info("data: %s | train %d, val %s, test %d | device %s, %d process%s",
+             dataset.source, len(dataset.train), "per seed" if dataset.val_per_seed else len(dataset.val),
+             len(dataset.test), device, processes, "es" if processes > 1 else "")
     progress = EpochReport(settings.trainer.seeds, job_tag())
     runs = fit(settings, dataset, device, on_epoch=progress, processes=processes)
     progress.finish(runs)
-    wall = time.perf_counter() - start
+    return dataset, runs, time.perf_counter() - start, device
+
+
+def write_job_outputs(job_dir: Path, config: dict, overrides: list[str], settings: Config, dataset, runs, wall: float,
+                      device) -> dict:
+    """model.safetensors, metrics.csv, curves.png, roc.png, then results.json (last: the job is done)."""
+    from pneumolab.checkpoint import inference_record, save_weights
+    from pneumolab.metrics import roc_curve
+    from pneumolab.plots import loss_name, plot_curves, plot_roc, setting_title
+    from pneumolab.results import build_results, write_metrics_csv, write_results
 
     test_labels = dataset.test.labels.numpy()
     results = build_results(config, overrides, runs, test_labels, dataset.source, wall, str(device))
@@ -119,14 +136,19 @@ def run_job(cfg: DictConfig, job_dir: Path, overrides: list[str], cores: int = 1
             rocs.append({"seed": run.seed, "fpr": fpr, "tpr": tpr, "auc": entry["test_auc"]})
     plot_roc(rocs, job_dir / "roc.png", title=setting_title(config))
     write_results(job_dir, results)
-    track_job(settings.logger, job_dir, runs, results)
+    return results
 
-    acc = results["summary"]["test_acc"]
-    log.info("test acc %.4f +- %.4f over %d seeds (%d diverged) in %.1f s -> %s",
-             acc["mean"] if acc["n"] else math.nan, acc["std"] if acc["n"] else math.nan,
-             acc["n"], results["n_diverged"], wall, job_dir)
-    check_some_seed_converged(results, job_dir / RESULTS)
-    return float(np.mean([r.val_acc for r in runs if not r.diverged]))
+
+def describe_settings(settings: Config) -> str:
+    """The job's settings in one line, printed once at its start."""
+    model = settings.model
+    shape = getattr(model, "hidden_sizes", None) or getattr(model, "channels", None) or getattr(model, "target", "")
+    trainer = settings.trainer
+    seeds = trainer.seeds
+    seed_text = f"{seeds[0]}..{seeds[-1]}" if seeds == list(range(seeds[0], seeds[-1] + 1)) else ",".join(map(str, seeds))
+    return (f"model={model.name} {shape} | head={settings.head.name} | optimizer={settings.optimizer.name} "
+            f"lr={settings.optimizer.lr:g} | scheduler={settings.scheduler.name} | batch {settings.data.batch_size} | "
+            f"{trainer.epochs} epochs | seeds {seed_text} | data={settings.data.name}")
 
 
 def job_tag() -> str:

@@ -10,11 +10,9 @@ Given a sweep directory, every point is evaluated and `eval.csv` lists them all.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import logging
-import sys
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -25,7 +23,7 @@ from pneumolab.checkpoint import SavedSeeds, load_seeds
 from pneumolab.config import DataConfig
 from pneumolab.errors import PneumolabError
 from pneumolab.files import atomic_open, atomic_write_text
-from pneumolab.predict import fail, resize_u8
+from pneumolab.predict import fail, resize_u8, tool_arguments
 from pneumolab.results import RESULTS, build_ensemble, build_summary, seed_entry
 from pneumolab.train import SeedRun
 
@@ -39,8 +37,11 @@ def data_config(run_dir: Path, overrides: Sequence[str]) -> DataConfig:
 
     from pneumolab.cli import config_dir
     from pneumolab.config import register_configs, to_settings
+    from pneumolab.overrides import check_command_line
 
     register_configs()
+    # As `pneumolab` reads them: ~ in paths expanded, misspelt keys named.
+    overrides = check_command_line(list(overrides), config_dir())
     own = None if overrides else run_data(run_dir)
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
         cfg = compose("config", overrides=list(overrides) or [f"data={own['name']}"])
@@ -111,14 +112,12 @@ def write_table(path: Path, rows: list[dict[str, Any]]) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="pneumolab-eval", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("run_dir", type=Path, help="a finished run, a sweep point, or a sweep directory")
-    parser.add_argument("overrides", nargs="*", help="data overrides as pneumolab takes them, e.g. data=pneumoniamnist")
-    parser.add_argument("--out", type=Path, help="where eval.json (or a sweep's eval.csv) goes")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
-    torch.set_num_threads(1)
+    prog = "pneumolab-eval"
+    args = tool_arguments(prog, __doc__, argv, {
+        "run_dir": {"type": Path, "help": "a finished run, a sweep point, or a sweep directory"},
+        "overrides": {"nargs": "*", "help": "data overrides as pneumolab takes them, e.g. data=pneumoniamnist"},
+        "--out": {"type": Path, "help": "where eval.json (or a sweep's eval.csv) goes"},
+    })
     try:
         run_dir = args.run_dir.expanduser()
         points = sweep_points(run_dir)
@@ -137,7 +136,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         write_table(table, rows)
         log.info("%d points -> %s", len(rows), table)
     except PneumolabError as exc:
-        fail(parser.prog, str(exc))
+        fail(prog, str(exc))
 
 
 if __name__ == "__main__":

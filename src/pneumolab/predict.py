@@ -103,15 +103,24 @@ def fail(prog: str, message: str) -> NoReturn:
     sys.exit(2)
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="pneumolab-predict", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("run_dir", type=Path, help="a finished job directory (a single run or one sweep point)")
-    parser.add_argument("paths", nargs="+", help="image files, folders of images, or npz files")
-    parser.add_argument("--out", type=Path, help="write the CSV here instead of to stdout")
+def tool_arguments(prog: str, doc: str, argv: Sequence[str] | None, add: dict[str, dict]) -> argparse.Namespace:
+    """Parse a saved-seeds tool's command line (RUN_DIR first) and set it up: log lines on stderr, one thread."""
+    parser = argparse.ArgumentParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    for name, options in add.items():
+        parser.add_argument(name, **options)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
-    torch.set_num_threads(1)
+    torch.set_num_threads(1)  # fastest for these small models, as in training
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    prog = "pneumolab-predict"
+    args = tool_arguments(prog, __doc__, argv, {
+        "run_dir": {"type": Path, "help": "a finished job directory (a single run or one sweep point)"},
+        "paths": {"nargs": "+", "help": "image files, folders of images, or npz files"},
+        "--out": {"type": Path, "help": "write the CSV here instead of to stdout"},
+    })
     try:
         table = predict(args.run_dir.expanduser(), args.paths)
         if args.out:
@@ -119,9 +128,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         else:
             sys.stdout.write(table)
     except PneumolabError as exc:
-        fail(parser.prog, str(exc))
+        fail(prog, str(exc))
     except OSError as exc:
-        fail(parser.prog, f"cannot write {exc.filename or args.out} ({exc.strerror}). Choose a writable --out path.")
+        fail(prog, f"cannot write {exc.filename or args.out} ({exc.strerror}). Choose a writable --out path.")
 
 
 if __name__ == "__main__":

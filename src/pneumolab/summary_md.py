@@ -181,7 +181,7 @@ def scope_text(summary: "Summary") -> str:
     if len([p for p in summary.points if p.ok]) > MANY_POINTS:
         return (f"every pair of the best {LEADERS} points" if summary.all_pairs else
                 f"the best point against each of the next {LEADERS - 1}") + \
-            f" (a sweep this large has too many pairs to correct and show; every point is in summary.csv)"
+            " (a sweep this large has too many pairs to correct and show; every point is in summary.csv)"
     return "every pair of finished points" if summary.all_pairs else \
         "every pair of finished points that differ in exactly one setting"
 

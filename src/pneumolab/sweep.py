@@ -35,6 +35,8 @@ BOOT_STATS = ("boot95_low", "boot95_high")
 SEARCH_SWEEPER = "optuna"  # a sweep whose sweeper searches: plotted as the objective per trial
 
 _failed_in_last_sweep = False
+# Past this many Welch tests the end of a sweep names the table instead of printing each line.
+MAX_CONSOLE_COMPARISONS = 4
 
 
 @dataclass(frozen=True)
@@ -187,8 +189,12 @@ class SweepSummaryCallback(Callback):
         _failed_in_last_sweep = bool(summary.failed)
         for point in summary.failed:
             log.error("failed point %s (%s): %s", point.job_dir.name, " ".join(point.overrides), point.error)
-        for comparison in summary.comparisons:
-            log.info("%s", describe_comparison(comparison, sweep_dir))
+        if len(summary.comparisons) <= MAX_CONSOLE_COMPARISONS:
+            for comparison in summary.comparisons:
+                log.info("%s", describe_comparison(comparison, sweep_dir))
+        else:  # a large sweep's tests belong in its files, not on the console
+            log.info("%d comparisons of test accuracy: see the significance table of %s", len(summary.comparisons),
+                     sweep_dir / SUMMARY_MD)
         log.info("sweep summary of %d points: %s", len(summary.points), sweep_dir / SUMMARY_MD)
 
 

@@ -35,9 +35,10 @@ def build_model(cfg: ModelConfig, in_shape: tuple[int, int, int], n_outputs: int
 
 def check_model(cfg: ModelConfig, in_shape: tuple[int, int, int], n_outputs: int) -> None:
     """Fail before training, with one paragraph, on a model that cannot be built or gives the wrong shape."""
-    model = build_model(cfg, in_shape, n_outputs)
     if isinstance(cfg, CustomModelConfig):
-        check_output_shape(model, cfg.target, in_shape, n_outputs)
+        check_output_shape(build_model(cfg, in_shape, n_outputs), cfg.target, in_shape, n_outputs)
+    elif isinstance(cfg, CNNConfig):
+        build_model(cfg, in_shape, n_outputs)  # refuses images too small for its pooling stages
 
 
 def build_stack(cfg: ModelConfig, in_shape: tuple[int, int, int], n_outputs: int, seeds: list[int],

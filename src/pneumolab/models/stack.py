@@ -21,7 +21,7 @@ from torch.nn import functional as F
 
 from pneumolab.models.mlp import MLP
 
-# Elements per padded block of the stacked parameters: a multiple of every CPU vector width.
+# Elements per padded block of a stacked parameter: a multiple of every CPU vector width.
 FLAT_ALIGN = 64
 
 
@@ -87,12 +87,12 @@ class SeedStack(nn.Module):
 class StackedMLP(nn.Module):
     """S MLPs in batched tensors: layer l's weight is (S, in, out) and its bias (S, 1, out).
 
-    All of them are views into one flat parameter, so the optimizer steps a single
-    tensor (its per-tensor work is a large part of a small step). The flat tensor is
-    padded to whole vector blocks, and a one-logit output layer is widened to two
-    columns (the second stays zero): vector kernels round a tensor's ragged tail, and
-    bmm a matrix of width one, differently, which would make a seed's numbers depend
-    on how many seeds share the stack. With both, they do not, to the last bit.
+    Each is a parameter of shape (S, n) with every seed's n values padded to whole
+    64-element blocks (the padding stays zero), and a one-logit output layer is stored
+    two columns wide (the second stays zero). Vector kernels round a tensor's ragged
+    tail differently from its body, and bmm takes another path for a stack of ten or
+    more matrices of width one; either would make a seed's numbers depend on how many
+    seeds share the stack. With both, they do not, to the last bit (tests/test_train.py).
     """
 
     def __init__(self, mlps: list[MLP], randomness: SeedRandomness):
@@ -101,34 +101,30 @@ class StackedMLP(nn.Module):
         self.negative_slope = mlps[0].activation.negative_slope
         self.dropout_p = mlps[0].dropout.p
         self.randomness = randomness
-        n_seeds = len(mlps)
         layers = [[m.linears[i] for m in mlps] for i in range(len(mlps[0].linears))]
         widths = [layer[0].out_features for layer in layers]
         widths[-1] = max(widths[-1], 2)
-        self.shapes = [(n_seeds, layer[0].in_features, w) for layer, w in zip(layers, widths)]
-        self.shapes += [(n_seeds, 1, w) for w in widths]
-        sizes = [math.prod(shape) for shape in self.shapes]
-        self.split_sizes = sizes + [-(-sum(sizes) // FLAT_ALIGN) * FLAT_ALIGN - sum(sizes)]
-        self.flat = nn.Parameter(torch.zeros(sum(self.split_sizes)))
+        self.weight_shapes = [(layer[0].in_features, w) for layer, w in zip(layers, widths)]
+        self.weights = nn.ParameterList(padded_stack(len(mlps), math.prod(shape)) for shape in self.weight_shapes)
+        self.biases = nn.ParameterList(padded_stack(len(mlps), w) for w in widths)
         with torch.no_grad():
-            weights, biases = self.views()
-            for weight, bias, layer in zip(weights, biases, layers):
+            for weight, bias, layer in zip(*self.layers(), layers):
                 for s, linear in enumerate(layer):
                     weight[s, :, : linear.out_features].copy_(linear.weight.T)
                     bias[s, 0, : linear.out_features].copy_(linear.bias)
 
     @property
     def n_seeds(self) -> int:
-        return self.shapes[0][0]
+        return self.weights[0].shape[0]
 
-    def views(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        parts = self.flat.split(self.split_sizes)
-        tensors = [part.view(shape) for part, shape in zip(parts, self.shapes)]
-        n = len(tensors) // 2
-        return tensors[:n], tensors[n:]
+    def layers(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """The weights (S, in, out) and biases (S, 1, out), as views of the padded parameters."""
+        weights = [unpadded(p, (p.shape[0], *shape)) for p, shape in zip(self.weights, self.weight_shapes)]
+        biases = [unpadded(p, (p.shape[0], 1, shape[1])) for p, shape in zip(self.biases, self.weight_shapes)]
+        return weights, biases
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        weights, biases = self.views()
+        weights, biases = self.layers()
         h = x.flatten(2)
         for i, (w, b) in enumerate(zip(weights, biases)):
             h = torch.baddbmm(b, h, w)
@@ -143,12 +139,12 @@ class StackedMLP(nn.Module):
         masks = []
         for s in range(shape[0]):
             with self.randomness.of_seed(s):
-                masks.append(torch.empty(shape[1:], device=self.flat.device).bernoulli_(1 - self.dropout_p))
+                masks.append(torch.empty(shape[1:], device=self.weights[0].device).bernoulli_(1 - self.dropout_p))
         return torch.stack(masks).div_(1 - self.dropout_p)
 
     def forward_shared(self, x: torch.Tensor) -> torch.Tensor:
         """The same images x (N, 1, H, W) through every seed: (S, N, K)."""
-        weights, biases = self.views()
+        weights, biases = self.layers()
         x = x.flatten(1)
         # The first layer seed by seed: a batched matmul would first copy x once per seed.
         h = torch.stack([torch.addmm(biases[0][s], x, weights[0][s]) for s in range(self.n_seeds)])
@@ -158,7 +154,7 @@ class StackedMLP(nn.Module):
 
     def seed_state(self, s: int) -> dict[str, torch.Tensor]:
         """Seed s's weights as an `MLP` state dict."""
-        weights, biases = self.views()
+        weights, biases = self.layers()
         state = {}
         for i, (w, b) in enumerate(zip(weights, biases)):
             width = self.n_outputs if i == len(weights) - 1 else w.shape[2]
@@ -167,9 +163,19 @@ class StackedMLP(nn.Module):
         return state
 
     def load_seed_state(self, s: int, state: dict[str, torch.Tensor]) -> None:
-        weights, biases = self.views()
+        weights, biases = self.layers()
         with torch.no_grad():
             for i, (w, b) in enumerate(zip(weights, biases)):
                 weight = state[f"linears.{i}.weight"]
                 w[s, :, : weight.shape[0]].copy_(weight.T)
                 b[s, 0, : weight.shape[0]].copy_(state[f"linears.{i}.bias"])
+
+
+def padded_stack(n_seeds: int, size: int) -> nn.Parameter:
+    return nn.Parameter(torch.zeros(n_seeds, -(-size // FLAT_ALIGN) * FLAT_ALIGN))
+
+
+def unpadded(param: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    size = math.prod(shape[1:])
+    # A whole parameter is viewed as is: slicing it would cost a copy in every backward pass.
+    return (param if size == param.shape[1] else param[:, :size]).view(shape)
