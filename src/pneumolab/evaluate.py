@@ -111,6 +111,20 @@ def write_table(path: Path, rows: list[dict[str, Any]]) -> None:
         writer.writerows(rows)
 
 
+def evaluate_sweep(sweep_dir: Path, points: list[Path], cfg: DataConfig, out_dir: Path | None) -> None:
+    """Every point's eval.json, and eval.csv: one row per point."""
+    rows = []
+    for point in points:
+        _, report = evaluate_point(point, cfg, None)
+        rows.append({"point": str(point.relative_to(sweep_dir)), "data": report["data"],
+                     **{f"{k}_{stat}": report["summary"][k][stat] for k in ("test_acc", "test_auc")
+                        for stat in ("mean", "std", "ci95_low", "ci95_high")},
+                     "ensemble_test_acc": report["ensemble"]["test_acc"]})
+    table = (out_dir or sweep_dir / "eval" / cfg.name) / "eval.csv"
+    write_table(table, rows)
+    log.info("%d points -> %s", len(rows), table)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     prog = "pneumolab-eval"
     args = tool_arguments(prog, __doc__, argv, {
@@ -124,17 +138,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         cfg = data_config(points[0], args.overrides)
         if len(points) == 1:
             evaluate_point(points[0], cfg, args.out)
-            return
-        rows = []
-        for point in points:
-            _, report = evaluate_point(point, cfg, None)
-            rows.append({"point": str(point.relative_to(run_dir)), "data": report["data"],
-                         **{f"{k}_{stat}": report["summary"][k][stat] for k in ("test_acc", "test_auc")
-                            for stat in ("mean", "std", "ci95_low", "ci95_high")},
-                         "ensemble_test_acc": report["ensemble"]["test_acc"]})
-        table = (args.out or run_dir / "eval" / cfg.name) / "eval.csv"
-        write_table(table, rows)
-        log.info("%d points -> %s", len(rows), table)
+        else:
+            evaluate_sweep(run_dir, points, cfg, args.out)
     except PneumolabError as exc:
         fail(prog, str(exc))
 
