@@ -90,7 +90,9 @@ def load_folder(cfg: FolderDataConfig) -> Dataset:
         name: Split(torch.from_numpy(images[name][:, None]), torch.tensor([f.label for f in files[name]], dtype=torch.int64))
         for name in SPLITS
     }
-    source = f"folder {root} ({cfg.image_size} px)"
+    # Named as typed (relative stays relative): results and logs are read by people on other machines.
+    named = Path(cfg.root).expanduser()
+    source = f"folder {named} ({cfg.image_size} px)"
     if _is_tiny(splits["val"]):
         # Fold a tiny val/ into train so none of its images are lost, then hold out a stratified share.
         pool = splits["train"]
@@ -99,7 +101,7 @@ def load_folder(cfg: FolderDataConfig) -> Dataset:
                 torch.cat([pool.images, splits["val"].images]),
                 torch.cat([pool.labels, splits["val"].labels]),
             )
-        source = f"folder {root} ({cfg.image_size} px, val = {cfg.val_fraction:g} of train, split seed {cfg.split_seed})"
+        source = f"folder {named} ({cfg.image_size} px, val = {cfg.val_fraction:g} of train, split seed {cfg.split_seed})"
         if cfg.split_seed == "per_seed":
             # Each training seed holds out its own share (train.fit); the pixel statistics cover the pool.
             empty = pool.take(np.zeros(0, dtype=np.int64))
