@@ -7,7 +7,7 @@ split's mean and std, so a 224 px dataset costs one byte per pixel in memory.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -52,16 +52,21 @@ class Dataset:
     # Set when each training seed holds out its own validation images: this fraction of `train`
     # (stratified, drawn with the seed); `val` is then empty.
     val_per_seed: float | None = None
+    # pixel_stats, once computed: training and the saved weights' record both need them.
+    _stats: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
         return tuple(self.train.images.shape[1:])  # type: ignore[return-value]
 
     def pixel_stats(self) -> tuple[float, float]:
-        """Mean and std of the training pixels on the 0..1 scale.
+        """Mean and std of the training pixels on the 0..1 scale."""
+        if "mean_std" not in self._stats:
+            self._stats["mean_std"] = self._measure_pixel_stats()
+        return self._stats["mean_std"]
 
-        Summed a chunk at a time: a float copy of 224 px training images would be 1 GB.
-        """
+    def _measure_pixel_stats(self) -> tuple[float, float]:
+        # Summed a chunk at a time: a float copy of 224 px training images would be 1 GB.
         total = total_sq = 0.0
         per_image = max(1, self.train.images[0].numel()) if len(self.train) else 1
         for chunk in self.train.images.split(max(1, STATS_CHUNK_PIXELS // per_image)):
