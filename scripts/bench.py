@@ -31,7 +31,8 @@ sys.path.insert(0, str(REPO / "src"))
 
 from pneumolab.cli import configure_torch  # noqa: E402
 from pneumolab.config import (  # noqa: E402
-    AdamConfig, CNNConfig, Config, CustomModelConfig, HeadConfig, MLPConfig, PhantomDataConfig, StepSchedulerConfig, TrainerConfig,
+    AdamConfig, BasicAugmentConfig, CNNConfig, Config, CustomModelConfig, HeadConfig, MLPConfig, NoAugmentConfig,
+    PhantomDataConfig, StepSchedulerConfig, TrainerConfig,
 )
 from pneumolab.data import Dataset, load_data  # noqa: E402
 from pneumolab.report import RUN_RECORD  # noqa: E402
@@ -95,16 +96,17 @@ def plain_loop_seconds_per_seed_epoch(dataset: Dataset, batch_size: int, epochs:
 CUSTOM_MLP = CustomModelConfig(target="pneumolab.models.mlp.MLP", options={"hidden_sizes": [128, 128, 128]})
 
 
-def settings(batch_size: int, epochs: int, model=None, **trainer) -> Config:
+def settings(batch_size: int, epochs: int, model=None, augment=None, **trainer) -> Config:
     return Config(model=model or MLPConfig(), head=HeadConfig("ce"), data=PhantomDataConfig(batch_size=batch_size),
-                  optimizer=AdamConfig(), scheduler=StepSchedulerConfig(),
+                  optimizer=AdamConfig(), scheduler=StepSchedulerConfig(), augment=augment or NoAugmentConfig(),
                   trainer=TrainerConfig(epochs=epochs, seeds=SEEDS, **trainer))
 
 
-def pneumolab_seconds_per_seed_epoch(dataset: Dataset, batch_size: int, epochs: int, model=None, **trainer) -> float:
+def pneumolab_seconds_per_seed_epoch(dataset: Dataset, batch_size: int, epochs: int, model=None, augment=None,
+                                     **trainer) -> float:
     """As a single `pneumolab` run trains (its threads, subnormal flushing and seed processes),
     unless `trainer` says otherwise."""
-    config = settings(batch_size, epochs, model, **trainer)
+    config = settings(batch_size, epochs, model, augment, **trainer)
     configure_torch(config)
     processes = seed_processes(config, torch.device("cpu"), usable_cores())
     start = time.perf_counter()
@@ -241,6 +243,7 @@ def main() -> None:
         "stacked128": lambda: pneumolab_seconds_per_seed_epoch(dataset, 128, args.epochs, processes=1),
         "cnn32": lambda: pneumolab_seconds_per_seed_epoch(dataset, 32, args.epochs, CNNConfig()),
         "custom32": lambda: pneumolab_seconds_per_seed_epoch(dataset, 32, args.epochs, CUSTOM_MLP),
+        "augment32": lambda: pneumolab_seconds_per_seed_epoch(dataset, 32, args.epochs, augment=BasicAugmentConfig()),
         "sgemm": lambda: 1 / single_core_sgemm_flops(),
     })
     plain = min(t["plain1"], t["plain2"])
@@ -252,6 +255,8 @@ def main() -> None:
     rows.append((f"pneumolab, batch 32 (default: {processes} process{'es' * (processes > 1)})",
                  f"{t['ours32']:.3f} s/seed-epoch"))
     rows.append(("  speed-up over the plain loop", f"{plain / t['ours32']:.1f}x  (target >= 10x)"))
+    rows.append(("augment=basic, batch 32 (default processes)", f"{t['augment32']:.3f} s/seed-epoch"))
+    rows.append(("  against the same run without augmentation", f"{t['augment32'] / t['ours32']:.2f}x  (target <= 1.5x)"))
     rows.append(("model=custom (the same MLP as a plain nn.Module), batch 32", f"{t['custom32']:.3f} s/seed-epoch"))
     rows.append(("model=cnn (channels 16, 32), batch 32", f"{t['cnn32']:.3f} s/seed-epoch"))
     rows.append(("  a 5-seed, 30-epoch job at that rate", f"{t['cnn32'] * 30 * len(SEEDS):.0f} s  (target <= 120 s)"))

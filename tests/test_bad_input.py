@@ -237,6 +237,9 @@ CASES = [
     config_case("huge-seed", ["trainer.seeds=[18446744073709551616]"], "use seeds from 0 to 2**64 - 1"),
     config_case("negative-data-seed", ["data.seed=-1"], SEED_FIX),
     config_case("negative-split-seed", ["data=folder", "data.root=.", "data.split_seed=-1"], SEED_FIX),
+    config_case("unknown-resize", ["data=folder", "data.root=.", "data.resize=stretch"],
+                "use center_crop (the largest centred square, as PneumoniaMNIST) or squeeze (the whole image)",
+                cli=True),
     config_case("phantom-without-normals", ["data.pneumonia_fraction_train=1.0"], "use a fraction in (0, 1)"),
     config_case("adam-betas", ["optimizer.betas=[0.9]"], "give two decay rates in [0, 1)"),
     config_case("sgd-momentum", ["optimizer=sgd", "optimizer.momentum=-0.5"], "use a momentum >= 0"),
@@ -305,6 +308,7 @@ def run_cli(case: Case, inputs: Inputs) -> tuple[Refusal, subprocess.CompletedPr
     return refusal, proc
 
 
+@pytest.mark.slow
 def test_the_command_prints_the_paragraph_and_exits_non_zero(tmp_path, shared_xray, server):
     cases = [c for c in CASES if c.cli and runnable(c)]
     every_inputs = [Inputs(tmp_path / c.id, shared_xray, *server) for c in cases]

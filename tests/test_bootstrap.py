@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from pneumolab.bootstrap import bootstrap_seed_mean, resample_counts, seed_mean_metrics
+from pneumolab.bootstrap import METRICS, bootstrap_seed_mean, resample_counts, seed_mean_metrics
 from pneumolab.metrics import binary_metrics
 from pneumolab.results import build_results
 from pneumolab.train import SeedRun
@@ -26,11 +26,14 @@ def test_each_resample_is_the_seed_mean_of_the_metrics_of_the_repeated_images():
     y, z, pred = fake_outputs(n_seeds=3, n_images=60)
     counts = resample_counts(y, np.random.default_rng(1), 4)
     assert (counts[:, y == 1].sum(axis=1) == (y == 1).sum()).all()  # the class balance is kept
-    for row, draw in zip(seed_mean_metrics(y, z, pred, counts), counts):
+    draws = seed_mean_metrics(y, z, pred, counts)
+    assert set(draws) == set(METRICS) >= {"test_acc", "test_auc", "test_balanced_acc", "test_ece", "test_brier"}
+    for i, draw in enumerate(counts):
         images = np.repeat(np.arange(y.size), draw.astype(int))
         per_seed = [binary_metrics(y[images], s[images], p[images]) for s, p in zip(z, pred)]
-        expected = [np.mean([m[k] for m in per_seed]) for k in ("acc", "auc", "sensitivity", "specificity")]
-        assert row == pytest.approx(expected, rel=1e-12)
+        for metric in METRICS:
+            expected = np.mean([m[metric.removeprefix("test_")] for m in per_seed])
+            assert draws[metric][i] == pytest.approx(expected, rel=1e-12), metric
 
 
 def test_the_interval_is_seeded_covers_the_mean_and_is_about_binomial_wide():
@@ -73,6 +76,14 @@ def test_results_json_carries_the_bootstrap_and_the_ensemble():
     assert ensemble["test_acc"] == pytest.approx(((mean_p > 0.5) == y).mean())
     assert ensemble["test_confusion"] == binary_metrics(y, mean_p, mean_p > 0.5)["confusion"]
     assert ensemble["test_auc"] == pytest.approx(binary_metrics(y, mean_p, mean_p > 0.5)["auc"])
+    assert ensemble["test_brier"] == pytest.approx(np.mean((mean_p - y) ** 2), abs=1e-12)
+    sens, spec = ensemble["test_sensitivity"], ensemble["test_specificity"]
+    assert ensemble["test_balanced_acc"] == pytest.approx((sens + spec) / 2)
+    for key in ("test_balanced_acc", "test_ece", "test_brier"):
+        stats = results["summary"][key]
+        assert stats["n"] == 3 and 0 <= stats["boot95_low"] < stats["boot95_high"] <= 1, key
+        assert stats["mean"] == pytest.approx(np.mean([e[key] for e in results["per_seed"][:3]]))
+        assert results["per_seed"][3][key] is None  # the diverged seed
 
 
 def test_every_seed_diverged_gives_no_ensemble_and_no_interval():

@@ -14,9 +14,11 @@ from pneumolab.cores import usable_cores
 
 PER_SEED_KEYS = {
     "seed", "test_acc", "test_auc", "test_sensitivity", "test_specificity", "test_f1", "test_confusion",
-    "val_acc", "epochs_run", "diverged",
+    "val_acc", "epochs_run", "diverged", "test_balanced_acc", "test_ece", "test_brier",
 }
-SUMMARY_KEYS = {"test_acc", "test_auc", "test_sensitivity", "test_specificity", "val_acc"}
+SUMMARY_KEYS = {"test_acc", "test_auc", "test_sensitivity", "test_specificity", "val_acc",
+                "test_balanced_acc", "test_ece", "test_brier"}
+FAIR_KEYS = ("test_balanced_acc", "test_ece", "test_brier")  # issue 21: metrics that judge recipes fairly
 
 
 def run_pneumolab(cwd: Path, *overrides: str) -> subprocess.CompletedProcess:
@@ -32,7 +34,7 @@ def check_job_outputs(job: Path, seeds: list[int], epochs: int) -> dict:
     for entry in results["per_seed"]:
         assert PER_SEED_KEYS <= entry.keys()
         assert entry["diverged"] is False and entry["epochs_run"] == epochs
-        for key in ("test_acc", "test_auc", "test_sensitivity", "test_specificity", "test_f1", "val_acc"):
+        for key in ("test_acc", "test_auc", "test_sensitivity", "test_specificity", "test_f1", "val_acc", *FAIR_KEYS):
             assert 0.0 <= entry[key] <= 1.0, key
         (tn, fp), (fn, tp) = entry["test_confusion"]
         n_test = n_test or tn + fp + fn + tp
@@ -40,6 +42,7 @@ def check_job_outputs(job: Path, seeds: list[int], epochs: int) -> dict:
         assert entry["test_acc"] == pytest.approx((tn + tp) / n_test)
         assert entry["test_sensitivity"] == pytest.approx(tp / (tp + fn))
         assert entry["test_specificity"] == pytest.approx(tn / (tn + fp))
+        assert entry["test_balanced_acc"] == pytest.approx((tp / (tp + fn) + tn / (tn + fp)) / 2)
     assert SUMMARY_KEYS <= results["summary"].keys()
     for key in SUMMARY_KEYS:
         values = [e[key] for e in results["per_seed"]]
@@ -48,6 +51,11 @@ def check_job_outputs(job: Path, seeds: list[int], epochs: int) -> dict:
         assert stats["mean"] == pytest.approx(np.mean(values))
         assert stats["std"] == pytest.approx(np.std(values, ddof=1))
         assert stats["ci95_low"] <= stats["mean"] <= stats["ci95_high"]
+    for key in FAIR_KEYS:
+        stats, ensemble = results["summary"][key], results["ensemble"][key]
+        assert 0.0 <= stats["boot95_low"] <= stats["boot95_high"] <= 1.0 and 0.0 <= ensemble <= 1.0, key
+    # Squared error is convex in the probability: the seeds' mean probability scores no worse than their mean.
+    assert results["ensemble"]["test_brier"] <= results["summary"]["test_brier"]["mean"] + 1e-12
     assert results["wall_seconds"] > 0 and results["device"] == "cpu"
     assert {"torch", "pneumolab", "python"} <= results["versions"].keys()
 
@@ -58,12 +66,13 @@ def check_job_outputs(job: Path, seeds: list[int], epochs: int) -> dict:
     last_val = {int(r[0]): float(r[6]) for r in rows if int(r[1]) == epochs}
     for entry in results["per_seed"]:
         assert entry["val_acc"] == pytest.approx(last_val[entry["seed"]])  # eval_checkpoint=last
-    for png in ("curves.png", "roc.png"):
+    for png in ("curves.png", "roc.png", "calibration.png"):
         with Image.open(job / png) as img:
             assert img.format == "PNG" and img.width > 300
     return results
 
 
+@pytest.mark.slow
 def test_phantom_run_writes_every_output(tmp_path):
     job = tmp_path / "run"
     proc = run_pneumolab(tmp_path, "trainer.epochs=3", "trainer.seeds=[0,1]", "data.limit_per_class=80",
@@ -75,6 +84,7 @@ def test_phantom_run_writes_every_output(tmp_path):
     assert "head=ce" in results["overrides"]
 
 
+@pytest.mark.slow
 def test_same_command_gives_identical_numbers(tmp_path):
     args = ("trainer.epochs=2", "trainer.seeds=[3]", "data.limit_per_class=40")
     per_seed = []
@@ -84,6 +94,7 @@ def test_same_command_gives_identical_numbers(tmp_path):
     assert per_seed[0] == per_seed[1]
 
 
+@pytest.mark.slow
 def test_a_single_run_splits_the_seeds_over_cores_without_changing_a_number(tmp_path):
     args = ("trainer.epochs=2", "trainer.seeds=[0,1,2,3,4]", "data.limit_per_class=40", "head=bce")
     outputs = {}
@@ -103,6 +114,7 @@ def test_a_single_run_splits_the_seeds_over_cores_without_changing_a_number(tmp_
     assert lines["auto"] and lines["one"] and lines["auto"].group(1) == lines["one"].group(1)
 
 
+@pytest.mark.slow
 def test_real_images_smoke_run(tmp_path, shared_xray):
     root = tmp_path / "xray"
     copy_tiny_xray(shared_xray, root, per_class=10)
@@ -126,6 +138,7 @@ def test_real_images_smoke_run(tmp_path, shared_xray):
         (["head=mse"], "head"),
     ],
 )
+@pytest.mark.slow
 def test_bad_input_gives_one_clear_message_and_no_results(tmp_path, overrides, needle):
     job = tmp_path / "run"
     proc = run_pneumolab(tmp_path, *overrides, f"hydra.run.dir={job}")

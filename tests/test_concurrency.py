@@ -18,11 +18,14 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from pneumolab.folder import decode_images, list_images
 from pneumolab.medmnist import read_npz
 from test_cli import copy_tiny_xray
 from test_medmnist import md5_of, write_npz
+
+pytestmark = pytest.mark.slow  # several pneumolab processes at once
 
 PROCESSES = 3
 
@@ -91,7 +94,7 @@ def test_processes_building_the_same_folder_cache_at_once(tmp_path, shared_xray)
     assert npz.suffix == ".npz"
     with np.load(npz, allow_pickle=False) as cached:
         for split, files in list_images(root).items():
-            assert np.array_equal(cached[split], decode_images([f.path for f in files], 28)), split
+            assert np.array_equal(cached[split], decode_images([f.path for f in files], 28, "center_crop")), split
 
 
 class SlowHandler(http.server.SimpleHTTPRequestHandler):

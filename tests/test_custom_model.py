@@ -45,6 +45,7 @@ def run(cwd, *args):
                           capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_a_users_module_trains_with_its_own_keys(workdir):
     job = workdir / "run"
     proc = run(workdir, "model._target_=mynets.TinyNet", "+model.width=8", "head=ce", f"hydra.run.dir={job}")
@@ -72,6 +73,7 @@ def test_a_users_module_trains_with_its_own_keys(workdir):
     ],
     ids=["no-class", "no-module", "import-error", "bad-argument", "wrong-shape", "bad-forward", "no-dot"],
 )
+@pytest.mark.slow
 def test_a_model_that_cannot_train_stops_before_training(workdir, target, extra, message):
     job = workdir / "run"
     proc = run(workdir, f"model._target_={target}", *extra, f"hydra.run.dir={job}")

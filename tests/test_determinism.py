@@ -18,6 +18,8 @@ import torch
 from conftest import pneumolab_command, subprocess_env
 from test_bad_input import run_in_process
 
+pytestmark = pytest.mark.slow  # repeated trainings and a child interpreter
+
 TINY = ["trainer.epochs=2", "data.limit_per_class=40"]
 
 

@@ -84,6 +84,7 @@ def run_in_process(job: Path, *overrides: str) -> float | None:
     return run_job(cfg, job, list(overrides))
 
 
+@pytest.mark.slow
 def test_a_full_disk_is_refused_before_hydra_writes_anything(tmp_path, small_disk):
     fill(small_disk)
     before = entries(small_disk)
@@ -97,6 +98,7 @@ def test_a_full_disk_is_refused_before_hydra_writes_anything(tmp_path, small_dis
     assert entries(small_disk) == before
 
 
+@pytest.mark.slow
 def test_a_read_only_disk_is_refused_for_existing_and_missing_folders(tmp_path, small_disk):
     existing = small_disk / "outputs"
     existing.mkdir()

@@ -67,7 +67,7 @@ def test_rgb_jpegs_load_as_grayscale_with_a_stratified_val(xray, cache):
 def test_decoding_matches_a_full_resolution_resize(xray, cache):
     path = sorted((xray / "test" / "NORMAL").iterdir())[0]
     reference = np.asarray(Image.open(path).convert("L").resize((28, 28), Image.Resampling.LANCZOS), dtype=float)
-    fast = folder.decode_image(path, 28).astype(float)
+    fast = folder.decode_image(path, 28, "squeeze").astype(float)
     assert np.abs(fast - reference).mean() < 6
 
 
@@ -105,7 +105,7 @@ def test_other_sizes_and_modes(tmp_path, cache):
     data = load_folder(cfg_for(root, image_size=16))
     assert data.image_shape == (1, 16, 16) and len(data.train) + len(data.val) == 8
     # 12-bit pixels are stretched to the full 0..255 range instead of clipping to white.
-    deep = folder.decode_image(root / "test" / "NORMAL" / "deep.png", 16)
+    deep = folder.decode_image(root / "test" / "NORMAL" / "deep.png", 16, "squeeze")
     assert deep.min() < 20 and deep.max() > 235 and np.all(np.diff(deep.astype(int), axis=1) >= 0)
 
 
@@ -141,12 +141,13 @@ def test_a_bad_file_is_named_by_the_process_pool_too(tmp_path, real_xray):
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"PNG? no")
     with pytest.raises(PneumolabError, match=f"Cannot read the image {bad}"):
-        folder.decode_images(paths + [bad], 28)
+        folder.decode_images(paths + [bad], 28, "squeeze")
 
 
 def test_the_process_pool_decodes_like_one_process(real_xray):
     paths = sorted((real_xray / "test" / "PNEUMONIA").iterdir())[: folder.MIN_FILES_FOR_POOL + 10]
-    assert np.array_equal(folder.decode_images(paths, 28), folder._decode_chunk(paths, 28))
+    assert np.array_equal(folder.decode_images(paths, 28, "center_crop"),
+                          folder._decode_chunk(paths, 28, "center_crop"))
 
 
 def test_a_missing_class_folder_is_named(xray, cache):
@@ -297,3 +298,70 @@ def test_the_plan_counts_what_the_load_decodes(tmp_path, xray, cache):
     (written,) = cache.glob("*.npz")
     assert written.stat().st_size <= plan.cache_bytes
     assert folder.plan_folder(cfg).cache_dir is None  # cached now: nothing more to write
+
+
+# --- data.resize: squeeze (the whole image) or center_crop (its largest centred square) ---------
+
+
+def reshaped(path: Path, width: int, height: int, suffix: str) -> Path:
+    """A non-square copy of a real X-ray (its top-left width x height), saved beside it; PNG keeps pixels exact."""
+    out = path.with_name(f"{path.stem}-{width}x{height}{suffix}")
+    with Image.open(path) as image:
+        image.crop((0, 0, width, height)).save(out)
+    return out
+
+
+@pytest.mark.parametrize(("width", "height"), [(224, 151), (150, 224)])
+def test_center_crop_is_the_centred_square_resized(xray, width, height):
+    path = reshaped(next((xray / "test" / "NORMAL").iterdir()), width, height, ".png")
+    side = min(width, height)
+    left, top = (width - side) // 2, (height - side) // 2
+    with Image.open(path) as image:
+        square = image.convert("L").crop((left, top, left + side, top + side))
+    by_hand = square.resize((28, 28), Image.Resampling.BILINEAR)
+    assert np.array_equal(folder.decode_image(path, 28, "center_crop"), np.asarray(by_hand))
+    assert not np.array_equal(folder.decode_image(path, 28, "squeeze"), np.asarray(by_hand))
+
+
+def test_center_crop_of_a_jpeg_matches_a_full_resolution_crop(xray):
+    # JPEGs are decoded at a reduced DCT scale first: the crop must still cover the same part of the image.
+    path = reshaped(next((xray / "test" / "PNEUMONIA").iterdir()), 224, 120, ".jpeg")
+    with Image.open(path) as image:
+        reference = image.convert("L").crop((52, 0, 172, 120)).resize((28, 28), Image.Resampling.LANCZOS)
+    fast = folder.decode_image(path, 28, "center_crop").astype(float)
+    assert np.abs(fast - np.asarray(reference, dtype=float)).mean() < 6
+
+
+def squeeze_before_data_resize(path: Path, size: int) -> np.ndarray:
+    """decode_image of 8-bit images as it was before data.resize existed."""
+    with Image.open(path) as image:
+        image.draft("L", (size, size))
+        gray = image.convert("L")
+        if gray.size != (size, size):
+            gray = gray.resize((size, size), Image.Resampling.BILINEAR)
+        return np.asarray(gray, dtype=np.uint8)
+
+
+def test_squeeze_decodes_bit_for_bit_as_before(xray):
+    source = next((xray / "train" / "PNEUMONIA").iterdir())
+    for path in (source, reshaped(source, 224, 151, ".jpeg"), reshaped(source, 151, 224, ".png")):
+        for size in (28, 64, 224):
+            assert np.array_equal(folder.decode_image(path, size, "squeeze"), squeeze_before_data_resize(path, size))
+
+
+def test_squeeze_and_center_crop_never_share_a_cache(xray, cache):
+    for path in list(xray.rglob("*.jpeg")):
+        reshaped(path, 224, 151, ".jpeg")
+        path.unlink()
+    squeezed = load_folder(cfg_for(xray, resize="squeeze"))
+    cropped = load_folder(cfg_for(xray, resize="center_crop"))
+    assert len(list(cache.glob("*.npz"))) == 2
+    assert not torch.equal(squeezed.test.images, cropped.test.images)
+    first = folder.list_images(xray)["test"][0].path
+    assert np.array_equal(cropped.test.images[0, 0].numpy(), folder.decode_image(first, 28, "center_crop"))
+    for mode, before in (("squeeze", squeezed), ("center_crop", cropped)):
+        again = load_folder(cfg_for(xray, resize=mode))  # from its own cache: no third file
+        assert torch.equal(again.train.images, before.train.images)
+        assert torch.equal(again.test.images, before.test.images)
+        assert mode in again.source
+    assert len(list(cache.glob("*.npz"))) == 2

@@ -44,6 +44,7 @@ def groups_of(text: str) -> dict[str, list[str]]:
     return groups
 
 
+@pytest.mark.slow
 def test_help_is_pneumolabs_page(help_text):
     assert help_text.startswith("pneumolab: ")
     assert "powered by Hydra" not in help_text and "schema_" not in help_text
@@ -51,6 +52,7 @@ def test_help_is_pneumolabs_page(help_text):
     assert "outputs/runs/" in help_text and "outputs/multirun/" in help_text and "summary.md" in help_text
 
 
+@pytest.mark.slow
 def test_help_lists_every_selectable_option_and_marks_the_defaults(help_text):
     groups = groups_of(help_text)
     assert groups["head"] == ["bce*", "ce"]
@@ -60,6 +62,7 @@ def test_help_lists_every_selectable_option_and_marks_the_defaults(help_text):
     assert groups_of(run("head=ce", "--help").stdout)["head"] == ["bce", "ce*"]
 
 
+@pytest.mark.slow
 def test_help_shows_config_dir_additions(tmp_path):
     (tmp_path / "experiment").mkdir()
     (tmp_path / "experiment" / "mine.yaml").write_text("# @package _global_\n")
@@ -72,6 +75,7 @@ def composed(overrides: list[str]) -> dict:
         return OmegaConf.to_container(compose("config", overrides=overrides))
 
 
+@pytest.mark.slow
 def test_every_default_on_the_help_page_is_the_configs_default(help_text):
     lines = [KEY_LINE.match(line) for line in help_text.split("== Main keys")[1].split("\n== ")[0].splitlines()]
     keys = [m for m in lines if m]

@@ -28,6 +28,8 @@ from PIL import Image
 from conftest import pneumolab_command, subprocess_env
 from pneumolab.files import ABANDONED_AFTER_S, atomic_write_text
 from pneumolab.results import CSV_COLUMNS
+
+pytestmark = pytest.mark.slow  # runs and sweeps stopped by signals
 from pneumolab.rundir import LOCK_NAME
 from test_cli import copy_tiny_xray
 

@@ -18,6 +18,7 @@ from pneumolab.config import PhantomDataConfig
 from pneumolab.data import load_data, plan_data
 
 
+@pytest.mark.slow
 def test_a_phantom_too_large_for_memory_is_refused_with_the_estimate(tmp_path):
     proc = subprocess.run([*pneumolab_command(), "data.image_size=5000", f"hydra.run.dir={tmp_path / 'run'}"],
                           cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=120)

@@ -121,6 +121,7 @@ def test_a_refused_command_line_exits_2_before_anything_runs(tmp_path, arg):
     assert not (tmp_path / "outputs").exists()
 
 
+@pytest.mark.slow
 def test_folder_root_with_tilde_runs_as_typed(tmp_path, shared_xray):
     home = tmp_path / "home"
     for split in ("train", "test"):

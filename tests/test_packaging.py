@@ -6,8 +6,11 @@ import sys
 
 import numpy as np
 from PIL import Image
+import pytest
 
 from conftest import REPO, subprocess_env
+
+pytestmark = pytest.mark.slow  # builds and installs a wheel
 
 
 def test_wheel_install_finds_its_configs(tmp_path):

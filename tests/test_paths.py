@@ -34,6 +34,7 @@ def set_writable(folder: Path, writable: bool) -> None:
         path.chmod(mode | stat.S_IWUSR if writable else mode & ~write_bits)
 
 
+@pytest.mark.slow
 def test_unusual_paths_and_a_read_only_data_folder(tmp_path, shared_xray):
     root = tmp_path / "données rx" / "胸部 X線"
     copy_tiny_xray(shared_xray, root, per_class=4)

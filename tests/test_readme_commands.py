@@ -21,6 +21,10 @@ The rules, for whoever edits the README:
    `--epochs 1 --seeds 2` (unless it sets them) and `debug=smoke` as an extra override.
    Other commands run exactly as written.
 5. A command must exit 0, or the code a trailing comment states: `# exits 2`.
+   A command that needs a service this machine lacks is not run, and its test skips saying
+   why: `hydra/launcher=slurm` without a SLURM cluster taking jobs (not installed, controller
+   unreachable, no node up), `trainer.device=cuda...` without a CUDA GPU. So are the commands
+   after it in the same block, which may read what it writes.
 6. Where zsh is installed, each command must split into the same words under zsh as
    under bash (so an unquoted `[0,1]` or `*` fails here, not on a zsh user's machine).
 7. A ```python or ```yaml block whose info string names `file=PATH` (```python file=mynets.py)
@@ -44,7 +48,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import REPO, SHARED_XRAY, copy_tiny_xray, subprocess_env
+from conftest import REPO, SHARED_XRAY, copy_tiny_xray, gpu_unavailable, slurm_unavailable, subprocess_env
 
 README = Path(os.environ.get("PNEUMOLAB_README", REPO / "README.md"))
 FENCE = re.compile(r"^(```+|~~~+)\s*(\S*)")
@@ -123,6 +127,22 @@ def tiny(command: str) -> str:
     return code
 
 
+def unavailable(command: Command, path: str) -> str | None:
+    """Why `command` cannot run on this machine (a service it needs is missing), or None (rule 5).
+
+    `path` is the PATH the command runs with: SLURM's client tools are looked up on it."""
+    words = shlex.split(EXIT_MARK.sub("", command.text), comments=True)
+    if "hydra/launcher=slurm" in words:
+        reason = slurm_unavailable(path)
+        if reason:
+            return f"README line {command.line} submits to SLURM, but {reason}"
+    if any(re.fullmatch(r"\+*trainer\.device=cuda(:\d+)?", word) for word in words):
+        reason = gpu_unavailable()
+        if reason:
+            return f"README line {command.line} trains on a GPU, but {reason}"
+    return None
+
+
 def words_under(shell: str, command: str, env: dict, cwd: Path) -> subprocess.CompletedProcess:
     """How `shell` splits and expands `command`: its words, NUL-separated."""
     script = f"printf '%s\\0' {command.split(maxsplit=1)[1] if ' ' in command else ''}"
@@ -157,17 +177,25 @@ def environment(root: Path) -> dict:
     }
 
 
-def run_session(commands: list[Command], env: dict, work: Path) -> dict[Command, subprocess.CompletedProcess]:
-    """One ```console block's commands, in order, in its own working directory."""
+def run_session(commands: list[Command], env: dict, work: Path) -> dict[Command, subprocess.CompletedProcess | str]:
+    """One ```console block's commands, in order, in its own working directory: each one's run,
+    or why it was not run (rule 5: a service it needs is missing, or an earlier command's was)."""
     work.mkdir()
     for name, text in FILES.items():
         (work / name).parent.mkdir(parents=True, exist_ok=True)
         (work / name).write_text(text, encoding="utf-8")
-    return {
-        command: subprocess.run(["bash", "-c", tiny(command.text)], cwd=work, env=env, capture_output=True,
-                                text=True, timeout=COMMAND_TIMEOUT_S, stdin=subprocess.DEVNULL)
-        for command in commands
-    }
+    runs, blocked = {}, None  # blocked: why the rest of the block is not run
+    for command in commands:
+        reason = unavailable(command, env["PATH"])
+        if reason:
+            runs[command] = reason
+            blocked = blocked or f"it follows README line {command.line}, which was not run: {reason}"
+        elif blocked:
+            runs[command] = blocked
+        else:
+            runs[command] = subprocess.run(["bash", "-c", tiny(command.text)], cwd=work, env=env, capture_output=True,
+                                           text=True, timeout=COMMAND_TIMEOUT_S, stdin=subprocess.DEVNULL)
+    return runs
 
 
 @pytest.fixture(scope="module")
@@ -189,10 +217,13 @@ def test_readme_has_commands_to_run():
     assert COMMANDS, f"{README} has no `$ pneumolab...` line in a ```console block (see this file's docstring)"
 
 
+@pytest.mark.slow  # every README command, trained for real in subprocesses
 @pytest.mark.parametrize("command", COMMANDS, ids=[f"line{c.line}" for c in COMMANDS])
 def test_readme_command_runs_as_typed(command: Command, readme_runs):
     runs, env, root = readme_runs
     run = runs[command]
+    if isinstance(run, str):
+        pytest.skip(run)
     assert run.returncode == command.exit_code, (
         f"README line {command.line}: `{command.text}` (run as `{tiny(command.text)}`) exited {run.returncode}, "
         f"expected {command.exit_code}\n{run.stdout[-3000:]}\n{run.stderr[-3000:]}"
@@ -260,3 +291,64 @@ def test_tiny_appends_smoke_settings_without_overriding_the_command():
     assert tiny("pneumolab-report --epochs 3 -- data.limit_per_class=4") == (
         "pneumolab-report --epochs 3 --seeds 2 -- data.limit_per_class=4 debug=smoke")
     assert tiny("pneumolab-cache list") == "pneumolab-cache list"
+
+
+# --- rule 5: commands needing a service this machine lacks skip, saying why ----------------------
+
+SLURM_COMMAND = next((c for c in COMMANDS if "hydra/launcher=slurm" in c.text),
+                     Command(0, 0, "pneumolab -m hydra/launcher=slurm head=bce,ce", 0))
+UNREACHABLE = "sbatch: error: Unable to contact slurm controller (connect failure)"
+
+
+def fake_slurm(bin_dir: Path, *tools: str) -> str:
+    """`tools` on a PATH of their own, each failing as SLURM's clients do when slurmctld is down."""
+    bin_dir.mkdir(exist_ok=True)
+    for tool in tools:
+        script = bin_dir / tool
+        script.write_text(f"#!/bin/sh\necho '{UNREACHABLE.replace('sbatch', tool)}' >&2\nexit 1\n")
+        script.chmod(0o755)
+    return str(bin_dir)
+
+
+def harness_verdict(command: Command, path: str, tmp_path: Path) -> str:
+    """Run `command`'s case through the harness (run_session, then the test) with PATH=`path`:
+    the reason it skipped with. Fails if the case ran or failed instead."""
+    env = subprocess_env() | {"PATH": path}
+    runs = run_session([command], env, tmp_path / "work")
+    assert isinstance(runs[command], str), "the harness ran the command instead of skipping it"
+    with pytest.raises(pytest.skip.Exception) as skipped:
+        test_readme_command_runs_as_typed(command, (runs, env, tmp_path))
+    return str(skipped.value)
+
+
+@pytest.mark.parametrize("tools", [(), ("sinfo",)], ids=["no-slurm-tools", "sinfo-without-sbatch"])
+def test_slurm_absent_from_path_means_not_installed(tmp_path, tools):
+    path = fake_slurm(tmp_path / "bin", *tools)
+    reason = slurm_unavailable(path)
+    assert reason and reason.startswith("SLURM is not installed: sbatch") and "not found on PATH" in reason
+    assert "scripts/local_slurm.sh start" in reason
+    assert reason in harness_verdict(SLURM_COMMAND, path, tmp_path)
+
+
+def test_an_unreachable_slurm_controller_skips_the_readme_slurm_command(tmp_path):
+    path = fake_slurm(tmp_path / "bin", "sbatch", "sinfo")
+    reason = slurm_unavailable(path)
+    assert reason and reason.startswith("the SLURM controller is unreachable"), reason
+    assert "Unable to contact slurm controller" in reason
+    verdict = harness_verdict(SLURM_COMMAND, path, tmp_path)
+    assert f"README line {SLURM_COMMAND.line} submits to SLURM, but the SLURM controller is unreachable" in verdict
+
+
+def test_commands_after_a_skipped_one_in_its_block_skip_too(tmp_path):
+    summarize = Command(SLURM_COMMAND.block, SLURM_COMMAND.line + 1, "pneumolab-summarize outputs/slurm", 0)
+    env = subprocess_env() | {"PATH": fake_slurm(tmp_path / "bin", "sbatch", "sinfo")}
+    runs = run_session([SLURM_COMMAND, summarize], env, tmp_path / "work")
+    assert runs[summarize].startswith(f"it follows README line {SLURM_COMMAND.line}, which was not run: ")
+
+
+def test_only_commands_needing_a_missing_service_are_held_back(tmp_path):
+    path = fake_slurm(tmp_path / "bin")
+    assert unavailable(Command(0, 1, "pneumolab -m hydra/launcher=joblib head=bce,ce", 0), path) is None
+    assert unavailable(Command(0, 1, "pneumolab data.batchsize=64   # exits 2", 0), path) is None
+    cuda = unavailable(Command(0, 7, "pneumolab trainer.device=cuda:1", 0), path)
+    assert cuda == (None if gpu_unavailable() is None else f"README line 7 trains on a GPU, but {gpu_unavailable()}")

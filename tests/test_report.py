@@ -69,6 +69,7 @@ def per_seed_accuracies(sweep_dir: Path) -> dict[int, list[float]]:
     return accuracies
 
 
+@pytest.mark.slow
 def test_table_has_the_eight_settings_with_spec_numbers(report_dir: Path) -> None:
     rows = read_table((report_dir / "REPORT.md").read_text(), "figure")
     assert [row["figure"] for row in rows] == [f"Fig. {n}" for n in range(1, 9)]
@@ -83,6 +84,7 @@ def test_table_has_the_eight_settings_with_spec_numbers(report_dir: Path) -> Non
         assert row["diverged seeds"] == "0/2"
 
 
+@pytest.mark.slow
 def test_report_numbers_are_read_from_results_json_with_their_test_set_verdict(report_dir: Path) -> None:
     rows = {row["figure"]: row for row in read_table((report_dir / "REPORT.md").read_text(), "figure")}
     for path in (report_dir / "runs").glob("*/results.json"):
@@ -97,6 +99,7 @@ def test_report_numbers_are_read_from_results_json_with_their_test_set_verdict(r
         assert row["report vs our test-set CI"] == position
 
 
+@pytest.mark.slow
 def test_report_quotes_paths_as_typed(report_dir: Path) -> None:
     text = (report_dir / "REPORT.md").read_text()
     assert str(report_dir) not in text and "/tmp" not in text
@@ -104,6 +107,7 @@ def test_report_quotes_paths_as_typed(report_dir: Path) -> None:
     assert " hydra.sweep.dir=runs " in text  # the script ran in report_dir with --out . : as typed
 
 
+@pytest.mark.slow
 def test_every_referenced_figure_is_a_png(report_dir: Path) -> None:
     images = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", (report_dir / "REPORT.md").read_text())
     assert len(images) == 6  # four pairs of curves (Fig. 1-8), two trends
@@ -113,6 +117,7 @@ def test_every_referenced_figure_is_a_png(report_dir: Path) -> None:
 
 # Near-identical per-seed accuracies on tiny data make scipy warn about precision; the numbers still compare.
 @pytest.mark.filterwarnings("ignore:Precision loss:RuntimeWarning")
+@pytest.mark.slow
 def test_welch_numbers_match_scipy(report_dir: Path) -> None:
     accuracies = per_seed_accuracies(report_dir / "runs")
     rows = read_table((report_dir / "REPORT.md").read_text(), "comparison")
@@ -130,6 +135,7 @@ def test_welch_numbers_match_scipy(report_dir: Path) -> None:
         assert float(row["BCE − CE, points"]) == pytest.approx(diff, abs=0.006)
 
 
+@pytest.mark.slow
 def test_report_states_what_ran_and_what_it_means(report_dir: Path) -> None:
     text = (report_dir / "REPORT.md").read_text()
     assert "- Data: phantom" in text and "at most 30 per class" in text
@@ -143,6 +149,7 @@ def test_report_states_what_ran_and_what_it_means(report_dir: Path) -> None:
     assert details["epochs"] == "2 (overridden; the shared settings say 30)"
 
 
+@pytest.mark.slow
 def test_failed_job_is_reported_not_fatal(report_dir: Path, tmp_path: Path) -> None:
     sweep = tmp_path / "runs"
     shutil.copytree(report_dir / "runs", sweep)

@@ -57,6 +57,7 @@ def test_the_same_config_by_the_same_version_is_reused(finished, caplog):
     (lambda r: edited(r, ["summary"], {}), "lacks summary.val_acc.mean"),
     (lambda r: "not json", "is not readable JSON"),
 ], ids=["older-version", "other-config", "a-list", "missing-keys", "no-summary", "not-json"])
+@pytest.mark.slow
 def test_anything_else_is_recomputed_and_the_log_says_why(finished, caplog, replace, reason):
     config = json.loads(finished.read_text())["config"]
     replacement = replace(json.loads(finished.read_text()))

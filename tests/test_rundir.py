@@ -44,6 +44,7 @@ def epochs_in(job_dir: Path) -> tuple[int, int]:
     return results["config"]["trainer"]["epochs"], saved["trainer"]["epochs"]
 
 
+@pytest.mark.slow
 def test_two_runs_started_together_keep_both_results(tmp_path):
     outcomes = finish([start(tmp_path, "trainer.epochs=2"), start(tmp_path, "trainer.epochs=3")])
     assert [rc for rc, _ in outcomes] == [0, 0], outcomes
@@ -52,6 +53,7 @@ def test_two_runs_started_together_keep_both_results(tmp_path):
     assert sorted(epochs_in(d) for d in job_dirs) == [(2, 2), (3, 3)]
 
 
+@pytest.mark.slow
 def test_two_sweeps_started_together_keep_all_results(tmp_path):
     outcomes = finish([start(tmp_path, "-m", "head=bce,ce", "trainer.epochs=2"),
                        start(tmp_path, "-m", "head=bce,ce", "trainer.epochs=3")])
@@ -67,6 +69,7 @@ def test_two_sweeps_started_together_keep_all_results(tmp_path):
     assert epochs == {(2, 2), (3, 3)}
 
 
+@pytest.mark.slow
 def test_two_configs_aimed_at_one_directory_one_trains_the_other_refuses(tmp_path):
     run_dir = tmp_path / "shared"
     # Long enough that the first to claim the directory is still training when the other arrives.

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -20,6 +19,7 @@ from typing import Iterator
 
 import pytest
 
+from conftest import slurm_unavailable
 from test_rundir import epochs_in
 from test_sweep import read_csv
 from test_sweep_cli import Sweep, start_sweep
@@ -29,21 +29,12 @@ TINY = ["data.limit_per_class=10", "trainer.epochs=2"]
 FOUR_SEEDS = "trainer.seeds=[0,1,2,3]"
 TIMEOUT_S = 400
 
-
-def slurm_missing() -> str | None:
-    """Why no SLURM cluster takes jobs here, or None when one does."""
-    if shutil.which("sinfo") is None:
-        return "sinfo not found: SLURM is not installed (as root: scripts/local_slurm.sh start)"
-    state = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=30)
-    if state.returncode != 0 or not {"idle", "mixed", "allocated"} & set(state.stdout.split()):
-        return f"no SLURM node takes jobs (sinfo: {(state.stdout + state.stderr).strip()!r}; as root: " \
-               "scripts/local_slurm.sh start)"
-    return None
+pytestmark = pytest.mark.slow  # real SLURM jobs
 
 
 @pytest.fixture(scope="module", autouse=True)
 def slurm() -> None:
-    reason = slurm_missing()
+    reason = slurm_unavailable()
     if reason and os.environ.get("CI") == "true":
         pytest.fail(f"CI must run the SLURM tests, but {reason}")
     if reason:

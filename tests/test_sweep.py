@@ -58,7 +58,8 @@ def write_point(job_dir: Path, overrides: list[str], test_accs: list[float | Non
         "overrides": overrides,
         "seeds": list(range(len(test_accs))),
         "per_seed": per_seed,
-        "summary": {key: summarize([entry[key] for entry in per_seed]) for key in SUMMARY_KEYS},
+        # Metrics the entries lack stay out of the summary too, as in a results.json older than them.
+        "summary": {key: summarize([entry[key] for entry in per_seed]) for key in SUMMARY_KEYS if key in per_seed[0]},
     }
     job_dir.mkdir(parents=True, exist_ok=True)
     (job_dir / "results.json").write_text(json.dumps(results))
@@ -239,6 +240,31 @@ def test_settings_not_overridden_come_from_the_config(tmp_path: Path):
     assert len(summary.comparisons) == 1
 
 
+def test_balanced_accuracy_and_calibration_are_columns_and_an_older_point_shows_a_dash(tmp_path: Path):
+    results = write_point(tmp_path / "0", ["head=bce"], [0.70, 0.80])
+    fair = {"test_balanced_acc": [0.65, 0.75], "test_ece": [0.04, 0.06], "test_brier": [0.15, 0.17]}
+    for key, values in fair.items():
+        for entry, value in zip(results["per_seed"], values):
+            entry[key] = value
+        results["summary"][key] = summarize(values) | {"boot95_low": min(values), "boot95_high": max(values)}
+    (tmp_path / "0" / "results.json").write_text(json.dumps(results))
+    write_point(tmp_path / "1", ["head=ce"], [0.72, 0.78])  # written before the three metrics existed
+    summary = sweep.build_summary([tmp_path])
+    assert [p.ok for p in summary.points] == [True, True]
+    sweep.write_summary(summary, tmp_path)
+    new, old = read_csv(tmp_path / "summary.csv")
+    assert float(new["test_balanced_acc_mean"]) == pytest.approx(0.70)
+    assert float(new["test_ece_mean"]) == pytest.approx(0.05) and float(new["test_brier_boot95_high"]) == 0.17
+    assert old["test_balanced_acc_mean"] == old["test_ece_mean"] == old["test_brier_std"] == ""
+    markdown = (tmp_path / "summary.md").read_text()
+    header, *rows = [line for line in markdown.splitlines() if line.startswith("| ")][:3]  # the points table
+    cells = [dict(zip(header.split(" | "), row.split(" | "))) for row in rows]
+    assert cells[0]["balanced accuracy"].startswith("70.0 ± 7.1 % seeds")
+    assert cells[0]["ECE"].startswith("0.050 ± 0.014 seeds") and cells[0]["Brier score"].startswith("0.160 ± 0.014")
+    assert cells[1]["balanced accuracy"] == cells[1]["ECE"] == cells[1]["Brier score"] == "–"
+    assert "Lower is better for ECE and Brier score" in markdown
+
+
 def test_summarize_command_compares_several_dirs(tmp_path: Path, capsys):
     write_point(tmp_path / "s1" / "0", ["head=bce"], [0.70, 0.74])
     write_point(tmp_path / "s2" / "0", ["head=ce"], [0.78, 0.81])
@@ -384,6 +410,7 @@ def big_grid(tmp_path_factory) -> tuple[Path, dict[str, list[float]]]:
     return root, means
 
 
+@pytest.mark.slow
 def test_a_thousand_point_grid_leads_with_the_best_points_and_main_effects(big_grid):
     root, means = big_grid
     summary = sweep.build_summary([root])
@@ -409,6 +436,7 @@ def test_a_thousand_point_grid_leads_with_the_best_points_and_main_effects(big_g
     assert (root / "summary.png").read_bytes().startswith(PNG_SIGNATURE)
 
 
+@pytest.mark.slow
 def test_a_thousand_point_grid_with_all_pairs_tests_the_leaders(big_grid):
     root, _ = big_grid
     assert len(sweep.build_summary([root], all_pairs=True).comparisons) == 45

@@ -26,6 +26,8 @@ from pneumolab.cores import usable_cores
 from pneumolab.sweep import build_summary
 from test_sweep import markdown_rows, read_csv
 
+pytestmark = pytest.mark.slow  # real sweeps through every launcher
+
 TINY = ["data.limit_per_class=30", "trainer.epochs=2", "trainer.seeds=2"]  # a count: seeds 0 and 1
 LAUNCHERS = ("basic", "joblib", "submitit_local")
 # Four seeds: the basic launcher's jobs have the machine to themselves and split them over

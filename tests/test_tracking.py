@@ -26,6 +26,8 @@ import pytest
 from conftest import pneumolab_command, subprocess_env
 from test_sweep import read_csv
 
+pytestmark = pytest.mark.slow  # tracked sweeps, a TensorBoard server, a venv without extras
+
 TINY = ["data.limit_per_class=20", "trainer.epochs=2", "trainer.seeds=[0,1]"]
 EPOCH_METRICS = ("lr", "train_loss", "train_acc", "val_loss", "val_acc")
 TIMEOUT_S = 300
@@ -99,7 +101,7 @@ def test_tensorboard_event_files_hold_every_seed_and_the_hparams(tracked):
                 assert_same_curve([(e.step, e.value) for e in events.Scalars(name)], epoch_values(rows, seed, name), name)
         events = EventAccumulator(str(job / "tensorboard" / "job")).Reload()
         assert events.Scalars("test_acc/mean")[0].value == pytest.approx(results["summary"]["test_acc"]["mean"])
-        assert sorted(events.Tags()["images"]) == ["curves", "roc"]
+        assert sorted(events.Tags()["images"]) == ["calibration", "curves", "roc"]
         content = events.PluginTagToContent(metadata.PLUGIN_NAME)
         start_info = metadata.parse_session_start_info_plugin_data(content[metadata.SESSION_START_INFO_TAG])
         assert start_info.group_name == " ".join(results["overrides"])
@@ -169,7 +171,8 @@ def check_mlflow_job(parent, children: list, job: Path) -> None:
     for key in ("test_acc", "test_auc", "val_acc"):
         assert parent.data.metrics[f"{key}/mean"] == pytest.approx(results["summary"][key]["mean"])
     client = MlflowClient()
-    assert {"curves.png", "roc.png", "results.json"} <= {a.path for a in client.list_artifacts(parent.info.run_id)}
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"curves.png", "roc.png", "calibration.png", "results.json"} <= artifacts
     assert sorted(c.info.run_name for c in children) == [f"seed {s}" for s in results["seeds"]]
     for child in children:
         seed = int(child.info.run_name.split()[1])
@@ -207,7 +210,7 @@ def test_a_failing_tracker_is_one_warning_and_the_job_writes_all_its_files(track
 
 # --- environments without the extras ------------------------------------------
 
-EXTRA_DISTRIBUTIONS = ("tensorboard", "mlflow-skinny", "optuna", "hydra-optuna-sweeper")
+EXTRA_DISTRIBUTIONS = ("tensorboard", "mlflow-skinny", "optuna", "hydra-optuna-sweeper", "torchvision")
 
 
 def hidden_entries(distributions: tuple[str, ...]) -> set[tuple[str, ...]]:
@@ -254,6 +257,7 @@ def test_each_extra_missing_is_named_with_its_pip_command(tmp_path):
         "tensorboard": (["logger=tensorboard"], "tensorboard"),
         "mlflow": (["-m", "logger=none,mlflow"], "mlflow"),
         "optuna": (["hparams_search=optuna"], "optuna"),
+        "resnet": (["model=resnet"], "resnet"),
         "config": ([f"--config-dir={tmp_path / 'user_conf'}", "experiment=tracked"], "mlflow"),
     }
     procs = {name: start(tmp_path, name, [*args, *TINY, f"hydra.run.dir={tmp_path / name}",

@@ -6,7 +6,7 @@ import torch
 
 from pneumolab.config import (
     CNNConfig, CustomModelConfig, AdamConfig, Config, HeadConfig, MLPConfig, PhantomDataConfig, PlateauSchedulerConfig, SGDConfig,
-    StepSchedulerConfig, TrainerConfig,
+    ResNetConfig, StepSchedulerConfig, TrainerConfig,
 )
 from pneumolab.data import Dataset, Split
 from pneumolab.errors import PneumolabError
@@ -90,6 +90,7 @@ def same_numbers(a, b) -> bool:
 
 
 @pytest.mark.parametrize("head", ["bce", "ce"])
+@pytest.mark.slow
 def test_seeds_get_the_same_bits_in_any_grouping_and_process(toy, head):
     # 150 training images in batches of 16 end in a ragged batch of 6, where element-wise
     # kernels switch to scalar code; five seeds make every stacked tensor an odd size.
@@ -105,15 +106,25 @@ def test_seeds_get_the_same_bits_in_any_grouping_and_process(toy, head):
     assert same_numbers(run(list(range(12)))[:2], run([0, 1]))
 
 
-@pytest.mark.parametrize("model", [CNNConfig(channels=[4, 8]), TINY_CUSTOM], ids=["cnn", "custom"])
-def test_models_by_config_train_and_keep_seeds_apart(toy, model):
+# The modern CNN and the ResNet have BatchNorm: per-seed statistics, which must keep seeds apart too.
+MODERN_CNN = CNNConfig(channels=[4, 8], convs_per_block=2, batch_norm=True, global_pool=True, dropout=0.2)
+
+
+# ResNet-18 has 2000 times the small CNN's weights: two seeds.
+@pytest.mark.parametrize("model, n_seeds", [(CNNConfig(channels=[4, 8]), 3), (MODERN_CNN, 3), (ResNetConfig(), 2),
+                                            (TINY_CUSTOM, 3)], ids=["cnn", "cnn-bn", "resnet", "custom"])
+@pytest.mark.slow
+def test_models_by_config_train_and_keep_seeds_apart(toy, model, n_seeds, restore_torch_state):
+    torch.set_num_threads(1)  # as every job trains (cli.configure_torch); two threads crawl on a busy machine
+
     def run(seeds, **trainer):
         return fit(settings(model=model, trainer=TrainerConfig(epochs=3, seeds=seeds, **trainer)), toy,
                    torch.device("cpu"))
 
-    together = run([0, 1, 2])
-    assert same_numbers(together, run([0]) + run([1, 2]))
-    assert same_numbers(together, run([0, 1, 2], batched_seeds=False))
+    seeds = list(range(n_seeds))
+    together = run(seeds)
+    assert same_numbers(together, run(seeds[:1]) + run(seeds[1:]))
+    assert same_numbers(together, run(seeds, batched_seeds=False))
     assert all(r.history["train_loss"][-1] < r.history["train_loss"][0] for r in together)
     assert together[0].history["train_loss"] != together[1].history["train_loss"]
     weights = together[0].weights
@@ -159,6 +170,7 @@ def test_without_fork_a_job_keeps_one_process_and_refuses_more(monkeypatch):
         seed_processes(settings(trainer=TrainerConfig(seeds=[0, 1, 2, 3], processes=2)), torch.device("cpu"), 8)
 
 
+@pytest.mark.slow
 def test_same_seed_is_bitwise_repeatable_and_seeds_differ(toy):
     first = fit(settings(), toy, torch.device("cpu"))
     second = fit(settings(), toy, torch.device("cpu"))
@@ -173,6 +185,7 @@ def test_step_schedule_is_logged_per_epoch(toy):
     assert runs[0].history["epoch"] == [1, 2, 3, 4]
 
 
+@pytest.mark.slow
 def test_best_val_checkpoint_reports_the_best_epoch(toy):
     runs = fit(settings(trainer=TrainerConfig(epochs=4, seeds=[0, 1], eval_checkpoint="best_val")), toy,
                torch.device("cpu"))
@@ -193,6 +206,7 @@ def test_divergence_is_recorded_and_other_seeds_go_on(toy):
         assert all(math.isnan(v) for v in run.history["val_acc"][run.epochs_run :])
 
 
+@pytest.mark.slow
 def test_per_seed_holdouts_give_each_seed_its_own_validation_images(toy):
     from dataclasses import replace
 

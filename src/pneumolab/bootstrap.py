@@ -15,13 +15,15 @@ resample of every seed at once.
 from __future__ import annotations
 
 import numpy as np
+from scipy.special import expit
 
-from pneumolab.metrics import weighted_auc
+from pneumolab.metric_table import TEST_SET_KEYS
+from pneumolab.metrics import weighted_auc, weighted_brier, weighted_ece
 
 RESAMPLES = 2000
 SEED = 0  # fixed: the same results.json always shows the same interval
 CHUNK = 250  # resamples scored together: bounds memory at CHUNK x test images per array
-METRICS = ("test_acc", "test_auc", "test_sensitivity", "test_specificity")
+METRICS = TEST_SET_KEYS
 
 
 def bootstrap_seed_mean(labels: np.ndarray, scores: np.ndarray, predictions: np.ndarray,
@@ -37,9 +39,9 @@ def bootstrap_seed_mean(labels: np.ndarray, scores: np.ndarray, predictions: np.
     if scores.shape[0] == 0 or scores.shape[1] == 0:
         return {m: {"boot95_low": None, "boot95_high": None} for m in METRICS}
     rng = np.random.default_rng(seed)
-    draws = np.concatenate([seed_mean_metrics(y, scores, predictions, resample_counts(y, rng, size))
-                            for size in chunk_sizes(resamples)])
-    return {metric: interval(draws[:, i]) for i, metric in enumerate(METRICS)}
+    chunks = [seed_mean_metrics(y, scores, predictions, resample_counts(y, rng, size))
+              for size in chunk_sizes(resamples)]
+    return {metric: interval(np.concatenate([chunk[metric] for chunk in chunks])) for metric in METRICS}
 
 
 def chunk_sizes(total: int) -> list[int]:
@@ -56,16 +58,23 @@ def resample_counts(y: np.ndarray, rng: np.random.Generator, size: int) -> np.nd
     return counts
 
 
-def seed_mean_metrics(y: np.ndarray, scores: np.ndarray, predictions: np.ndarray, counts: np.ndarray) -> np.ndarray:
-    """(resamples, 4): accuracy, AUC, sensitivity, specificity of each resample, averaged over seeds."""
+def seed_mean_metrics(y: np.ndarray, scores: np.ndarray, predictions: np.ndarray,
+                      counts: np.ndarray) -> dict[str, np.ndarray]:
+    """{metric: (resamples,)}: each of METRICS on each resample, averaged over seeds."""
     correct = (predictions == y).astype(np.float64)  # (seeds, images)
+    p = expit(scores)
     pos, neg = y == 1, y == 0
     with np.errstate(invalid="ignore", divide="ignore"):  # a missing class gives NaN, reported as None
-        acc = counts @ correct.T / counts.sum(axis=1, keepdims=True)
-        sens = counts[:, pos] @ correct[:, pos].T / counts[:, pos].sum(axis=1, keepdims=True)
-        spec = counts[:, neg] @ correct[:, neg].T / counts[:, neg].sum(axis=1, keepdims=True)
-        auc = np.stack([weighted_auc(y, s, counts) for s in scores], axis=1)
-    return np.stack([m.mean(axis=1) for m in (acc, auc, sens, spec)], axis=1)
+        per_seed = {  # (resamples, seeds) each
+            "test_acc": counts @ correct.T / counts.sum(axis=1, keepdims=True),
+            "test_sensitivity": counts[:, pos] @ correct[:, pos].T / counts[:, pos].sum(axis=1, keepdims=True),
+            "test_specificity": counts[:, neg] @ correct[:, neg].T / counts[:, neg].sum(axis=1, keepdims=True),
+            "test_auc": np.stack([weighted_auc(y, s, counts) for s in scores], axis=1),
+            "test_ece": np.stack([weighted_ece(y, q, counts) for q in p], axis=1),
+            "test_brier": np.stack([weighted_brier(y, q, counts) for q in p], axis=1),
+        }
+    per_seed["test_balanced_acc"] = (per_seed["test_sensitivity"] + per_seed["test_specificity"]) / 2
+    return {metric: per_seed[metric].mean(axis=1) for metric in METRICS}
 
 
 def interval(draws: np.ndarray) -> dict[str, float | None]:

@@ -2,7 +2,7 @@
 
 The cache folder is data.cache_dir, else $PNEUMOLAB_DATA, else ~/.cache/pneumolab. It holds
 - downloads: `pneumoniamnist*.npz`, the MedMNIST files (data=pneumoniamnist);
-- decoded images: `folder/<key>.npz`, one per image folder, image size and file list (data=folder);
+- decoded images: `folder/<key>.npz`, one per image folder, image size, data.resize and file list (data=folder);
 and the temp files of writes that were cut short. Only these are listed or deleted: a cache
 folder pointed at a folder of one's own loses nothing else.
 """

@@ -3,8 +3,8 @@
 Every non-diverged seed's weights at the evaluated checkpoint go into one safetensors
 file (keys `seed_<k>/<parameter>`; never pickle). results.json's `inference` entry
 records what rebuilding and applying them needs without the training data: the model
-config, head, input shape, the training pixels' mean and std, the class names and
-the decision rule.
+config, head, input shape, how images were made square (`resize`), the training
+pixels' mean and std, the class names and the decision rule.
 """
 
 from __future__ import annotations
@@ -19,12 +19,12 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
-from pneumolab.config import CNNConfig, CustomModelConfig, MLPConfig
+from pneumolab.config import SCHEMAS, CustomModelConfig
 from pneumolab.data import CLASSES, normalize
 from pneumolab.errors import PneumolabError
 from pneumolab.files import atomic_write_bytes
 from pneumolab.heads import make_head
-from pneumolab.models import build_model
+from pneumolab.models import ModelConfig, build_model
 
 if TYPE_CHECKING:
     from pneumolab.train import SeedRun
@@ -36,19 +36,22 @@ BATCH = 256  # images per forward pass when applying saved seeds
 
 
 def save_weights(job_dir: Path, runs: list["SeedRun"]) -> None:
-    tensors = {f"seed_{run.seed}/{name}": torch.from_numpy(np.ascontiguousarray(value))
+    # torch's .contiguous(), not np.ascontiguousarray: that makes a 0-d array (BatchNorm's
+    # num_batches_tracked) 1-d, which would then not load.
+    tensors = {f"seed_{run.seed}/{name}": torch.from_numpy(value).contiguous()
                for run in runs if run.weights is not None for name, value in run.weights.items()}
     metadata = {"seeds": ",".join(str(run.seed) for run in runs if run.weights is not None)}
     atomic_write_bytes(job_dir / WEIGHTS, save(tensors, metadata=metadata))
 
 
-def inference_record(model: dict, head: str, in_shape: tuple[int, ...], stats: tuple[float, float],
+def inference_record(model: dict, head: str, in_shape: tuple[int, ...], resize: str, stats: tuple[float, float],
                      runs: list["SeedRun"]) -> dict[str, Any]:
     return {
         "weights": WEIGHTS,
         "model": model,
         "head": head,
         "input_shape": list(in_shape),
+        "resize": resize,
         "pixel_mean": stats[0],
         "pixel_std": stats[1],
         "classes": list(CLASSES),
@@ -70,6 +73,11 @@ class SavedSeeds:
     def image_size(self) -> int:
         return int(self.record["input_shape"][1])
 
+    @property
+    def resize(self) -> str:
+        # Runs from before data.resize existed squeezed every image.
+        return self.record.get("resize", "squeeze")
+
     def log_odds(self, images_u8: torch.Tensor, progress=None) -> np.ndarray:
         """uint8 images (N, 1, H, W) at the run's size -> float64 pneumonia log-odds (seeds, N)."""
         head = make_head(self.record["head"])
@@ -84,13 +92,14 @@ class SavedSeeds:
         return torch.cat(out, dim=1).numpy() if out else np.zeros((len(self.models), 0))
 
 
-def model_config(node: dict) -> MLPConfig | CNNConfig | CustomModelConfig:
+def model_config(node: dict) -> ModelConfig:
     name = node.get("name")
     if name == "custom":
         return CustomModelConfig.from_dict(node)
-    schema = {"mlp": MLPConfig, "cnn": CNNConfig}.get(name)
+    schema = SCHEMAS["model"].get(name)
     if schema is None:
-        raise PneumolabError(f"The run records an unknown model {name!r}; this pneumolab knows mlp, cnn and custom.")
+        raise PneumolabError(f"The run records an unknown model {name!r}; this pneumolab knows "
+                             f"{', '.join(SCHEMAS['model'])} and custom.")
     return schema(**node)
 
 

@@ -1,6 +1,6 @@
 """`pneumolab`: the Hydra app. One job trains one configuration for every seed.
 
-config -> dataset tensors -> fit -> results.json, metrics.csv, curves.png, roc.png
+config -> dataset tensors -> fit -> results.json, metrics.csv, curves.png, roc.png, calibration.png
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from pneumolab.config import Config, register_configs, to_settings
 from pneumolab.errors import PneumolabError
 from pneumolab.exits import handled
-import pneumolab.rundir  # noqa: F401 - registers ${pneumolab_unique:} before Hydra resolves a directory
+from pneumolab.rundir import undo_start  # also registers ${pneumolab_unique:} before Hydra resolves a directory
 from pneumolab.extras import require_extras_for_arguments
 from pneumolab.tracking import check_tracker_installed, track_job
 
@@ -114,16 +114,19 @@ def train_job(settings: Config, job_dir: Path, cores: int):
 
 def write_job_outputs(job_dir: Path, config: dict, overrides: list[str], settings: Config, dataset, runs, wall: float,
                       device) -> dict:
-    """model.safetensors, metrics.csv, curves.png, roc.png, then results.json (last: the job is done)."""
+    """model.safetensors, metrics.csv, curves.png, roc.png, calibration.png, then results.json (last: done)."""
     from pneumolab.checkpoint import inference_record, save_weights
     from pneumolab.metrics import roc_curve
-    from pneumolab.plots import loss_name, plot_curves, plot_roc, setting_title
+    from pneumolab.plots import loss_name, plot_calibration, plot_curves, plot_roc, setting_title
     from pneumolab.results import build_results, write_metrics_csv, write_results
 
     test_labels = dataset.test.labels.numpy()
     results = build_results(config, overrides, runs, test_labels, dataset.source, wall, str(device))
     results["data_summary"] = dataset.summary()  # what was trained on: image size, images per split and class
-    results["inference"] = inference_record(config["model"], settings.head.name, dataset.image_shape,
+    # Phantom and PneumoniaMNIST images are square already; PneumoniaMNIST's were centre-cropped when
+    # made, so predict crops non-square images the same way for runs trained on them.
+    resize = getattr(settings.data, "resize", "center_crop")
+    results["inference"] = inference_record(config["model"], settings.head.name, dataset.image_shape, resize,
                                             dataset.pixel_stats(), runs)
     save_weights(job_dir, runs)
     write_metrics_csv(job_dir, runs)
@@ -135,20 +138,69 @@ def write_job_outputs(job_dir: Path, config: dict, overrides: list[str], setting
             fpr, tpr = roc_curve(test_labels, run.test_scores)
             rocs.append({"seed": run.seed, "fpr": fpr, "tpr": tpr, "auc": entry["test_auc"]})
     plot_roc(rocs, job_dir / "roc.png", title=setting_title(config))
+    plot_calibration(*reliability_curves(runs, results, test_labels), job_dir / "calibration.png",
+                     title=setting_title(config))
     write_results(job_dir, results)
     return results
 
 
+def reliability_curves(runs, results: dict, test_labels) -> tuple[list[dict], dict | None]:
+    """What calibration.png draws: the reliability curve of each seed that did not diverge and of their
+    ensemble (the mean probability), with the ECE results.json gives each."""
+    from pneumolab.metrics import ensemble_log_odds, reliability_curve
+    from pneumolab.results import converged_outputs
+
+    seeds = [{"seed": run.seed, "ece": entry["test_ece"], **reliability_curve(test_labels, run.test_scores)}
+             for run, entry in zip(runs, results["per_seed"]) if not run.diverged]
+    ensemble = results["ensemble"]
+    if ensemble is None:
+        return seeds, None
+    scores, _ = converged_outputs(runs)
+    return seeds, {"n_seeds": ensemble["n_seeds"], "ece": ensemble["test_ece"],
+                   **reliability_curve(test_labels, ensemble_log_odds(scores))}
+
+
 def describe_settings(settings: Config) -> str:
-    """The job's settings in one line, printed once at its start."""
+    """The job's settings in one line, printed once at its start.
+
+    model=mlp [128, 128, 128] | head=bce | optimizer=adam lr=0.001 | scheduler=step | batch 32 | 30 epochs |
+    seeds 0..4 | data=phantom; a custom model shows its class and keys (model=custom mynets.TinyNet(width=32)),
+    and the options that change training when set: model.weights, head.class_weights=balanced,
+    augment=basic with its keys, data.resize of folder data.
+    """
     model = settings.model
-    shape = getattr(model, "hidden_sizes", None) or getattr(model, "channels", None) or getattr(model, "target", "")
+    if model.name == "custom":
+        shape = f"{model.target}({', '.join(f'{key}={setting_text(value)}' for key, value in model.options.items())})"
+    else:
+        shape = getattr(model, "hidden_sizes", None) or getattr(model, "channels", None) or ""
+    if getattr(model, "weights", None):
+        shape = f"{shape} weights={model.weights}"
+    head = settings.head
+    weights = getattr(head, "class_weights", "none")
     trainer = settings.trainer
     seeds = trainer.seeds
     seed_text = f"{seeds[0]}..{seeds[-1]}" if seeds == list(range(seeds[0], seeds[-1] + 1)) else ",".join(map(str, seeds))
-    return (f"model={model.name} {shape} | head={settings.head.name} | optimizer={settings.optimizer.name} "
-            f"lr={settings.optimizer.lr:g} | scheduler={settings.scheduler.name} | batch {settings.data.batch_size} | "
-            f"{trainer.epochs} epochs | seeds {seed_text} | data={settings.data.name}")
+    parts = [f"model={model.name} {shape}".rstrip(),
+             f"head={head.name}" + (f" class_weights={weights}" if weights != "none" else "")]
+    augment = getattr(settings, "augment", None)
+    if augment is not None and augment.name != "none":
+        keys = [f"{key}={setting_text(value)}" for key, value in vars(augment).items() if key != "name"]
+        parts.append(" ".join([f"augment={augment.name}", *keys]))
+    data = f"data={settings.data.name}"
+    if getattr(settings.data, "resize", None) and settings.data.name == "folder":
+        data += f" resize={settings.data.resize}"
+    parts += [f"optimizer={settings.optimizer.name} lr={settings.optimizer.lr:g}", f"scheduler={settings.scheduler.name}",
+              f"batch {settings.data.batch_size}", f"{trainer.epochs} epochs", f"seeds {seed_text}", data]
+    return " | ".join(parts)
+
+
+def setting_text(value) -> str:
+    """A value as it is typed on the command line: 0.05, true, [16, 32], mynets.TinyNet."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
 
 
 def job_tag() -> str:
@@ -192,6 +244,9 @@ def hydra_entry(cfg: DictConfig) -> float | None:
         try:
             return run_job(cfg, job_dir, overrides, cores)
         except PneumolabError as exc:
+            # Refused before training: the run folder goes (or, one the user named, is left as it was).
+            # A run that wrote results (every seed diverged) keeps them.
+            undo_start()
             print(f"pneumolab: error: {exc}", file=sys.stderr)
             sys.exit(2)
 

@@ -34,6 +34,8 @@ def _is_seed(value: int) -> bool:
 
 # --- model -------------------------------------------------------------------
 
+MODEL_CHOICE = "choose the model with model=mlp, model=cnn, model=resnet or model=custom."
+
 
 @dataclass
 class MLPConfig:
@@ -41,12 +43,15 @@ class MLPConfig:
     hidden_sizes: List[int] = field(default_factory=lambda: [128, 128, 128])
     negative_slope: float = 0.01
     dropout: float = 0.0
+    # A local state-dict file (safetensors, or torch.save) every seed starts from; null: random initialisation.
+    weights: Optional[str] = None
 
     def __post_init__(self) -> None:
-        _require(self.name == "mlp", "model.name", self.name, "choose the model with model=mlp, model=cnn or model=custom.")
+        _require(self.name == "mlp", "model.name", self.name, MODEL_CHOICE)
         _require(len(self.hidden_sizes) > 0 and all(h >= 1 for h in self.hidden_sizes),
                  "model.hidden_sizes", self.hidden_sizes, "give one or more layer widths >= 1, e.g. [128,128,128].")
         _check_slope_and_dropout(self.negative_slope, self.dropout)
+        _check_weights(self.weights)
 
 
 def _check_slope_and_dropout(negative_slope: float, dropout: float) -> None:
@@ -54,20 +59,48 @@ def _check_slope_and_dropout(negative_slope: float, dropout: float) -> None:
     _require(0.0 <= dropout < 1.0, "model.dropout", dropout, "use a probability in [0, 1).")
 
 
+def _check_weights(weights: Optional[str]) -> None:
+    # Whether the file exists and fits is checked when the model is built (models.check_model): a
+    # finished run's record must stay readable after the file is gone.
+    _require(weights is None or bool(weights.strip()), "model.weights", weights,
+             "give the path of a state-dict file (.safetensors, or one saved by torch.save), or null.")
+
+
 @dataclass
 class CNNConfig:
-    """3x3 convolutions (same padding), each followed by LeakyReLU and 2x2 max pooling, then one linear layer."""
+    """Per entry of `channels` a block of `convs_per_block` 3x3 convolutions (same padding, each with
+    BatchNorm if asked, then LeakyReLU) and 2x2 max pooling; then global average pooling if asked,
+    dropout and one linear layer."""
 
     name: str = "cnn"
     channels: List[int] = field(default_factory=lambda: [16, 32])
     negative_slope: float = 0.01
     dropout: float = 0.0
+    convs_per_block: int = 1
+    batch_norm: bool = False
+    global_pool: bool = False
+    weights: Optional[str] = None
 
     def __post_init__(self) -> None:
-        _require(self.name == "cnn", "model.name", self.name, "choose the model with model=mlp, model=cnn or model=custom.")
+        _require(self.name == "cnn", "model.name", self.name, MODEL_CHOICE)
         _require(len(self.channels) > 0 and all(c >= 1 for c in self.channels), "model.channels", self.channels,
                  "give one or more channel counts >= 1, e.g. [16,32].")
         _check_slope_and_dropout(self.negative_slope, self.dropout)
+        _require(self.convs_per_block >= 1, "model.convs_per_block", self.convs_per_block,
+                 "use at least 1 convolution per block (2 pairs them, as in VGG).")
+        _check_weights(self.weights)
+
+
+@dataclass
+class ResNetConfig:
+    """torchvision's ResNet-18 for one channel and small images (3x3 stride-1 stem, no max pool), from scratch."""
+
+    name: str = "resnet"
+    weights: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        _require(self.name == "resnet", "model.name", self.name, MODEL_CHOICE)
+        _check_weights(self.weights)
 
 
 @dataclass
@@ -92,15 +125,54 @@ class CustomModelConfig:
 # --- head --------------------------------------------------------------------
 
 HEADS = ("bce", "ce")
+CLASS_WEIGHTS = ("none", "balanced")
 
 
 @dataclass
 class HeadConfig:
     name: str = "bce"
+    # "balanced": each training image's loss weighted inversely to its class's share of the
+    # training split (both heads alike), so the rarer class counts as much as the common one.
+    class_weights: str = "none"
 
     def __post_init__(self) -> None:
         _require(self.name in HEADS, "head.name", self.name,
                  "choose head=bce (one logit, sigmoid > 0.5) or head=ce (two logits, argmax).")
+        _require(self.class_weights in CLASS_WEIGHTS, "head.class_weights", self.class_weights,
+                 "use none (every image counts once) or balanced (weights inverse to the training split's class counts).")
+
+
+# --- augment -----------------------------------------------------------------
+
+
+@dataclass
+class AugmentConfig:
+    name: str = MISSING
+
+
+@dataclass
+class NoAugmentConfig(AugmentConfig):
+    name: str = "none"
+
+
+@dataclass
+class BasicAugmentConfig(AugmentConfig):
+    """Per-image random affine (rotation, shift, scale, optional flip) and intensity jitter."""
+
+    name: str = "basic"
+    rotation: float = 5.0  # degrees, drawn uniformly from [-rotation, rotation]
+    translate: float = 0.05  # fraction of the image side, each axis
+    scale: float = 0.1  # zoom factor drawn from [1 - scale, 1 + scale]
+    brightness: float = 0.1  # pixel factor drawn from [1 - brightness, 1 + brightness]
+    contrast: float = 0.1  # blend factor with the image's mean, drawn from [1 - contrast, 1 + contrast]
+    hflip: bool = False  # off by default: a chest X-ray is not left-right symmetric
+
+    def __post_init__(self) -> None:
+        _require(0.0 <= self.rotation <= 180.0, "augment.rotation", self.rotation,
+                 "use an angle in degrees from 0 (off) to 180, e.g. 10.")
+        for key in ("translate", "scale", "brightness", "contrast"):
+            _require(0.0 <= getattr(self, key) < 1.0, f"augment.{key}", getattr(self, key),
+                     "use a fraction from 0 (off) to below 1, e.g. 0.1.")
 
 
 # --- data --------------------------------------------------------------------
@@ -181,10 +253,15 @@ class FolderDataConfig(DataConfig):
     # The seed of the validation holdout drawn from train (when val/ is missing or tiny), or
     # "per_seed": each training seed draws its own, so seed intervals include the split's variance.
     split_seed: Any = 0
+    # How a non-square image becomes square: "center_crop" keeps its largest centred square, as
+    # PneumoniaMNIST was made; "squeeze" resizes the whole image (what runs before this key did).
+    resize: str = "center_crop"
 
     def __post_init__(self) -> None:
         super().__post_init__()
         _require(self.image_size >= 1, "data.image_size", self.image_size, "use an image size of at least 1 pixel, e.g. 28.")
+        _require(self.resize in ("squeeze", "center_crop"), "data.resize", self.resize,
+                 "use center_crop (the largest centred square, as PneumoniaMNIST) or squeeze (the whole image).")
         _require(0.0 < self.val_fraction < 1.0, "data.val_fraction", self.val_fraction, "use a fraction in (0, 1), e.g. 0.1.")
         _require(self.split_seed == "per_seed" or (isinstance(self.split_seed, int) and not isinstance(self.split_seed, bool)
                                                   and _is_seed(self.split_seed)), "data.split_seed", self.split_seed,
@@ -402,10 +479,13 @@ class Config:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     report_figure: Optional[ReportFigureConfig] = None
     logger: Any = MISSING
+    augment: Any = MISSING
     # Free text that names the run in summaries; experiment configs set it.
     tag: Optional[str] = None
 
     def __post_init__(self) -> None:
+        if self.augment == MISSING:  # built in Python without the group: the report's setting
+            self.augment = NoAugmentConfig()
         # model=custom has no schema (its constructor takes any keys), so it arrives as a plain dict.
         if isinstance(self.model, dict):
             _require(self.model.get("name") == "custom", "model.name", self.model.get("name"),
@@ -414,7 +494,7 @@ class Config:
 
 
 SCHEMAS = {
-    "model": {"mlp": MLPConfig, "cnn": CNNConfig},
+    "model": {"mlp": MLPConfig, "cnn": CNNConfig, "resnet": ResNetConfig},
     "head": {"head": HeadConfig},
     "data": {"phantom": PhantomDataConfig, "pneumoniamnist": PneumoniaMNISTDataConfig, "folder": FolderDataConfig},
     "optimizer": {"adam": AdamConfig, "adamw": AdamWConfig, "sgd": SGDConfig},
@@ -425,6 +505,7 @@ SCHEMAS = {
         "plateau": PlateauSchedulerConfig,
         "none": NoSchedulerConfig,
     },
+    "augment": {"none": NoAugmentConfig, "basic": BasicAugmentConfig},
     "logger": {"none": NoLoggerConfig, "tensorboard": TensorBoardLoggerConfig, "mlflow": MLflowLoggerConfig},
 }
 

@@ -1,10 +1,12 @@
 """`pneumolab-eval RUN_DIR [data overrides...] [--out DIR]`: a finished run's seeds on another test split.
 
 The data overrides are those `pneumolab` takes (data=pneumoniamnist data.path=x.npz);
-without any, the run's own data. The test split's images are brought to the run's
-image size (folder images are decoded at it; npz images of another size are resized,
-and eval.json says so). `DIR/eval.json` (default RUN_DIR/eval/<data name>/) holds
-per_seed, summary and ensemble in results.json's schema, plus what was evaluated.
+without any, the run's own data (a folder run from before data.resize: squeeze). The
+test split's images are brought to the run's image size (folder images are decoded at
+it, made square by the data config's data.resize, with a warning when the run was
+trained with the other mode; npz images of another size are resized, and eval.json
+says so). `DIR/eval.json` (default RUN_DIR/eval/<data name>/) holds per_seed, summary
+and ensemble in results.json's schema, plus what was evaluated.
 Given a sweep directory, every point is evaluated and `eval.csv` lists them all.
 """
 
@@ -51,7 +53,10 @@ def data_config(run_dir: Path, overrides: Sequence[str]) -> DataConfig:
 
 
 def run_data(run_dir: Path) -> dict:
-    return json.loads((run_dir / RESULTS).read_text(encoding="utf-8"))["config"]["data"]
+    data = json.loads((run_dir / RESULTS).read_text(encoding="utf-8"))["config"]["data"]
+    if data.get("name") == "folder":
+        data.setdefault("resize", "squeeze")  # runs from before data.resize existed squeezed their images
+    return data
 
 
 def test_images(cfg: DataConfig, size: int) -> tuple[torch.Tensor, np.ndarray, str, str | None]:
@@ -65,7 +70,8 @@ def test_images(cfg: DataConfig, size: int) -> tuple[torch.Tensor, np.ndarray, s
     if images.shape[-2:] != (size, size):
         note = f"test images resized from {images.shape[-2]}x{images.shape[-1]} to {size}x{size} px"
         log.warning("%s", note)
-        images = torch.from_numpy(resize_u8(images[:, 0].numpy(), size))[:, None]
+        # Only npz images get here, and they are square: nothing to crop.
+        images = torch.from_numpy(resize_u8(images[:, 0].numpy(), size, "squeeze"))[:, None]
     return images, dataset.test.labels.numpy(), dataset.source, note
 
 
@@ -80,6 +86,9 @@ def evaluate_saved(saved: SavedSeeds, images: torch.Tensor, labels: np.ndarray) 
 
 def evaluate_point(run_dir: Path, cfg: DataConfig, out_dir: Path | None) -> tuple[Path, dict[str, Any]]:
     saved = load_seeds(run_dir)
+    if getattr(cfg, "resize", saved.resize) != saved.resize:
+        log.warning("%s was trained on images made square by %s; these are made square by data.resize=%s "
+                    "(add data.resize=%s to match).", run_dir, saved.resize, cfg.resize, saved.resize)
     images, labels, source, note = test_images(cfg, saved.image_size)
     report = {"run_dir": str(run_dir), "data": source, "data_config": vars(cfg).copy(), "n_test": int(len(labels)),
               "test_class_counts": {"NORMAL": int((labels == 0).sum()), "PNEUMONIA": int(labels.sum())},

@@ -31,6 +31,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from pneumolab.errors import PneumolabError
 from pneumolab.guards import check_output_dir
+from pneumolab.rundir import undo_start
 
 INPUT_PROBLEM = 2
 # Seconds an interrupted process has to stop its workers and clean up before it is ended outright.
@@ -165,10 +166,12 @@ def handled() -> Iterator[None]:
         print(interruption_line(signal.SIGINT), file=sys.stderr)
         sys.exit(128 + signal.SIGINT)
     except PneumolabError as exc:
+        undo_start()  # refused before anything trained (e.g. SLURM took no job): the folder goes, or is as it was
         fail(str(exc))
     except (HydraException, OmegaConfBaseException) as exc:
         if user_wants_tracebacks:
             raise
+        undo_start()
         fail(hydra_paragraph(exc))
     finally:
         if not user_wants_tracebacks:

@@ -1,6 +1,7 @@
 """Optional extras: the packages a feature needs, and a message naming the pip command when one is missing.
 
-The core install trains and writes files only; trackers and the Optuna search come as extras.
+The core install trains and writes files only; trackers, the Optuna search and model=resnet
+(torchvision) come as extras.
 """
 
 from __future__ import annotations
@@ -16,12 +17,14 @@ EXTRA_MODULES = {
     "tensorboard": {"tensorboard": "tensorboard"},
     "mlflow": {"mlflow": "mlflow-skinny", "sqlalchemy": "sqlalchemy", "alembic": "alembic", "filelock": "filelock"},
     "optuna": {"optuna": "optuna", "hydra_plugins.hydra_optuna_sweeper": "hydra-optuna-sweeper"},
+    "resnet": {"torchvision": "torchvision"},
 }
 # Config choices on the command line that need an extra: (group, option) -> extra.
 CHOICE_EXTRAS = {
     ("hparams_search", "optuna"): "optuna",
     ("logger", "tensorboard"): "tensorboard",
     ("logger", "mlflow"): "mlflow",
+    ("model", "resnet"): "resnet",
 }
 # `group=option`, `+group=option`, `group=a,b` (a sweep over options).
 GROUP_CHOICE = re.compile(r"^\+{0,2}(\w+)=([\w,/]+)$")

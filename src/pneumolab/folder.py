@@ -4,12 +4,12 @@ Every file below a class folder is an image of that class, in sub-folders too (l
 folders are followed, each once); a file that is no image, a broken link or an
 unreadable folder stops the load with its name. Hidden files and folders (names
 starting with a dot: .DS_Store, ._IM-0001.jpeg) are skipped and counted in the log.
-Every image is decoded to grayscale and resized to image_size x image_size
-(no crop, so non-square images are squeezed). Decoding thousands of JPEGs
-takes seconds, so the decoded arrays are cached as an npz under
-`<cache_dir>/folder/`, keyed by the file list with sizes and modification
-times: editing, adding or removing an image rebuilds the cache, and nothing
-is ever written next to the data.
+Every image is decoded to grayscale and made image_size x image_size by `data.resize`:
+center_crop keeps its largest centred square (as PneumoniaMNIST was made), squeeze
+resizes the whole image. Decoding thousands of JPEGs takes seconds, so the decoded
+arrays are cached as an npz under `<cache_dir>/folder/`, keyed by the resize mode and
+the file list with sizes and modification times: editing, adding or removing an image
+rebuilds the cache, and nothing is ever written next to the data.
 """
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ def plan_folder(cfg: FolderDataConfig) -> DataPlan:
     n_images = sum(len(split_files) for split_files in files.values())
     shape = (cfg.image_size, cfg.image_size)
     cache_dir = cfg.resolved_cache_dir() / "folder"
-    if (cache_dir / f"{cache_key(files, cfg.image_size)}.npz").is_file():
+    if (cache_dir / f"{cache_key(files, cfg.image_size, cfg.resize)}.npz").is_file():
         return DataPlan(n_images, shape)
     # An uncompressed npz: the pixels plus a few kB of headers.
     return DataPlan(n_images, shape, cache_dir, n_images * cfg.image_size**2 + 64_000)
@@ -85,14 +85,14 @@ def plan_folder(cfg: FolderDataConfig) -> DataPlan:
 def load_folder(cfg: FolderDataConfig) -> Dataset:
     root = data_root(cfg)
     files = list_images(root)
-    images = load_decoded(files, cfg.image_size, cfg.resolved_cache_dir() / "folder")
+    images = load_decoded(files, cfg.image_size, cfg.resize, cfg.resolved_cache_dir() / "folder")
     splits = {
         name: Split(torch.from_numpy(images[name][:, None]), torch.tensor([f.label for f in files[name]], dtype=torch.int64))
         for name in SPLITS
     }
     # Named as typed (relative stays relative): results and logs are read by people on other machines.
     named = Path(cfg.root).expanduser()
-    source = f"folder {named} ({cfg.image_size} px)"
+    source = f"folder {named} ({cfg.image_size} px, {cfg.resize})"
     if _is_tiny(splits["val"]):
         # Fold a tiny val/ into train so none of its images are lost, then hold out a stratified share.
         pool = splits["train"]
@@ -101,7 +101,8 @@ def load_folder(cfg: FolderDataConfig) -> Dataset:
                 torch.cat([pool.images, splits["val"].images]),
                 torch.cat([pool.labels, splits["val"].labels]),
             )
-        source = f"folder {named} ({cfg.image_size} px, val = {cfg.val_fraction:g} of train, split seed {cfg.split_seed})"
+        source = (f"folder {named} ({cfg.image_size} px, {cfg.resize}, val = {cfg.val_fraction:g} of train, "
+                  f"split seed {cfg.split_seed})")
         if cfg.split_seed == "per_seed":
             # Each training seed holds out its own share (train.fit); the pixel statistics cover the pool.
             empty = pool.take(np.zeros(0, dtype=np.int64))
@@ -193,23 +194,26 @@ def file_stat(path: Path) -> os.stat_result:
     return stat
 
 
-def cache_key(files: dict[str, list[ImageFile]], image_size: int) -> str:
-    digest = hashlib.sha256(f"pneumolab folder v{DECODE_VERSION} {image_size}px\n".encode())
+def cache_key(files: dict[str, list[ImageFile]], image_size: int, resize: str) -> str:
+    # squeeze keeps the key it had before data.resize existed: its pixels are unchanged, so old caches still hit.
+    mode = "" if resize == "squeeze" else f" {resize}"
+    digest = hashlib.sha256(f"pneumolab folder v{DECODE_VERSION} {image_size}px{mode}\n".encode())
     for split in SPLITS:
         for f in files[split]:
             digest.update(f"{f.relpath}\0{f.size}\0{f.mtime_ns}\n".encode())
     return digest.hexdigest()
 
 
-def load_decoded(files: dict[str, list[ImageFile]], image_size: int, cache_dir: Path) -> dict[str, np.ndarray]:
-    """uint8 (N, size, size) per split, from the cache when the files are unchanged."""
-    cache = cache_dir / f"{cache_key(files, image_size)}.npz"
+def load_decoded(files: dict[str, list[ImageFile]], image_size: int, resize: str,
+                 cache_dir: Path) -> dict[str, np.ndarray]:
+    """uint8 (N, size, size) per split, from the cache when the files and the resize mode are unchanged."""
+    cache = cache_dir / f"{cache_key(files, image_size, resize)}.npz"
     cached = _read_cache(cache, {split: len(files[split]) for split in SPLITS}, image_size)
     if cached is not None:
         return cached
     everything = [f.path for split in SPLITS for f in files[split]]
-    log.info("Decoding %d images to %d px (cached in %s)", len(everything), image_size, cache)
-    decoded = decode_images(everything, image_size)
+    log.info("Decoding %d images to %d px, %s (cached in %s)", len(everything), image_size, resize, cache)
+    decoded = decode_images(everything, image_size, resize)
     ends = np.cumsum([len(files[split]) for split in SPLITS])
     images = dict(zip(SPLITS, np.split(decoded, ends[:-1])))
     try:
@@ -235,29 +239,29 @@ def _read_cache(path: Path, counts: dict[str, int], image_size: int) -> dict[str
     return images
 
 
-def decode_images(paths: list[Path], size: int) -> np.ndarray:
+def decode_images(paths: list[Path], size: int, resize: str) -> np.ndarray:
     """uint8 (N, size, size), decoded in a process pool when there are many files."""
     workers = usable_cores()
     if len(paths) < MIN_FILES_FOR_POOL or workers == 1:
-        return _decode_chunk(paths, size)
+        return _decode_chunk(paths, size, resize)
     chunks = [list(chunk) for chunk in np.array_split(np.array(paths, dtype=object), 4 * workers) if len(chunk)]
     try:
         pool = ProcessPoolExecutor(max_workers=workers, mp_context=_pool_context())
     except OSError as exc:
         # Sandboxes without working process pools (no /dev/shm) still get their images.
         log.warning("No process pool (%s); decoding in this process instead.", exc)
-        return _decode_chunk(paths, size)
+        return _decode_chunk(paths, size, resize)
     try:
         # Filled chunk by chunk as results arrive, so the decoded images are never held twice.
         out = np.empty((len(paths), size, size), dtype=np.uint8)
         start = 0
-        for block in pool.map(_decode_chunk, chunks, repeat(size)):
+        for block in pool.map(_decode_chunk, chunks, repeat(size), repeat(resize)):
             out[start : start + len(block)] = block
             start += len(block)
         return out
     except BrokenProcessPool as exc:
         log.warning("The decoding processes died (%s); decoding in this process instead.", exc)
-        return _decode_chunk(paths, size)
+        return _decode_chunk(paths, size, resize)
     finally:
         # After a bad image, drop the chunks not started yet instead of decoding them for nothing.
         pool.shutdown(cancel_futures=True)
@@ -270,18 +274,19 @@ def _pool_context() -> multiprocessing.context.BaseContext:
     return multiprocessing.get_context()
 
 
-def _decode_chunk(paths: list[Path], size: int) -> np.ndarray:
+def _decode_chunk(paths: list[Path], size: int, resize: str) -> np.ndarray:
     out = np.empty((len(paths), size, size), dtype=np.uint8)
     for i, path in enumerate(paths):
-        out[i] = decode_image(path, size)
+        out[i] = decode_image(path, size, resize)
     return out
 
 
-def decode_image(path: Path, size: int) -> np.ndarray:
+def decode_image(path: Path, size: int, resize: str) -> np.ndarray:
     """One image as uint8 (size, size) grayscale, or a PneumolabError that names the file."""
     try:
         with Image.open(path) as image:
-            # JPEG only: decode straight to luma at a reduced DCT scale (still >= size), several times faster.
+            # JPEG only: decode straight to luma at a reduced DCT scale (both sides still >= size, so a
+            # centre crop too), several times faster.
             image.draft("L", (size, size))
             if image.mode in _WIDE_MODES:
                 pixels = np.asarray(image, dtype=np.float32)
@@ -289,11 +294,22 @@ def decode_image(path: Path, size: int) -> np.ndarray:
                 gray = Image.fromarray(np.round((pixels - low) * (255.0 / max(high - low, 1e-6))).astype(np.uint8))
             else:
                 gray = image.convert("L")
-            if gray.size != (size, size):
-                gray = gray.resize((size, size), Image.Resampling.BILINEAR)
-            return np.asarray(gray, dtype=np.uint8)
+            return np.asarray(to_square(gray, size, resize), dtype=np.uint8)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise PneumolabError(
             f"Cannot read the image {path} ({type(exc).__name__}: {exc}). It is empty, truncated or not an "
             "image: delete it, or replace it with a readable image file (JPEG, PNG, ...)."
         ) from None
+
+
+def to_square(image: Image.Image, size: int, resize: str) -> Image.Image:
+    """`image` as size x size, bilinear: its largest centred square (resize="center_crop", as PneumoniaMNIST
+    was made) or all of it squeezed (resize="squeeze"). The one place folder data, predict and eval resize."""
+    width, height = image.size
+    if resize == "center_crop" and width != height:
+        side = min(width, height)
+        left, top = (width - side) // 2, (height - side) // 2
+        image = image.crop((left, top, left + side, top + side))
+    if image.size != (size, size):
+        image = image.resize((size, size), Image.Resampling.BILINEAR)
+    return image

@@ -20,9 +20,12 @@ class BCEHead:
     n_outputs = 1
     loss_name = "BCE loss"
 
+    def __init__(self, class_weights: torch.Tensor | None = None):
+        self.class_weights = class_weights
+
     def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         per_item = F.binary_cross_entropy_with_logits(logits[..., 0], labels.to(logits.dtype), reduction="none")
-        return per_item.mean(-1)
+        return weighted_mean(per_item, labels, self.class_weights)
 
     def log_odds(self, logits: torch.Tensor) -> torch.Tensor:
         return logits[..., 0]
@@ -35,9 +38,12 @@ class CEHead:
     n_outputs = 2
     loss_name = "CE loss"
 
+    def __init__(self, class_weights: torch.Tensor | None = None):
+        self.class_weights = class_weights
+
     def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         per_item = F.cross_entropy(logits.reshape(-1, 2), labels.reshape(-1), reduction="none")
-        return per_item.view(labels.shape).mean(-1)
+        return weighted_mean(per_item.view(labels.shape), labels, self.class_weights)
 
     def log_odds(self, logits: torch.Tensor) -> torch.Tensor:
         return logits[..., 1] - logits[..., 0]
@@ -46,8 +52,26 @@ class CEHead:
 Head = BCEHead | CEHead
 
 
-def make_head(name: str) -> Head:
-    return {"bce": BCEHead, "ce": CEHead}[name]()
+def make_head(name: str, class_weights: torch.Tensor | None = None) -> Head:
+    return {"bce": BCEHead, "ce": CEHead}[name](class_weights)
+
+
+def weighted_mean(per_item: torch.Tensor, labels: torch.Tensor, class_weights: torch.Tensor | None) -> torch.Tensor:
+    """The batch mean of the per-item losses, each weighted by its class's weight when there are weights.
+
+    A plain mean, not divided by the weights' sum: balanced weights average 1 over the
+    training split, so the loss keeps its scale and the learning rate its meaning.
+    """
+    if class_weights is None:
+        return per_item.mean(-1)
+    return (per_item * class_weights[labels]).mean(-1)
+
+
+def balanced_class_weights(class_counts: tuple[int, int], device: torch.device) -> torch.Tensor:
+    """Weights (normal, pneumonia) inverse to the class counts: n / (2 n_c), as scikit-learn's
+    compute_class_weight("balanced") gives them."""
+    total = sum(class_counts)
+    return torch.tensor([total / (2 * count) for count in class_counts], dtype=torch.float32, device=device)
 
 
 def predict(log_odds: torch.Tensor) -> torch.Tensor:

@@ -5,9 +5,10 @@ specificity the normal recall. Everything returned is plain Python (floats, ints
 None) so it goes straight into `results.json`; None marks a value that the data
 cannot define, such as an AUC on a test set holding one class.
 
-Scores are pneumonia log-odds (or any score in the same order). AUC and ROC only use
-their order, which float32 probabilities lose: sigmoid(z) rounds to exactly 1.0 for
-z above about 17, and saturated scores then count as ties.
+Scores are pneumonia log-odds. AUC and ROC only use their order (any score in the same
+order gives the same), which float32 probabilities lose: sigmoid(z) rounds to exactly 1.0
+for z above about 17, and saturated scores then count as ties. The calibration metrics
+(ECE, Brier score) judge P(pneumonia) = sigmoid(log-odds) itself, taken in float64.
 """
 
 from __future__ import annotations
@@ -19,19 +20,22 @@ import numpy as np
 
 # scipy.special's (noncentral) Student-t functions, not scipy.stats: the latter takes a second to
 # import in every job process, and these are all the statistics here need.
-from scipy.special import log_expit, logsumexp, nctdtrinc, stdtr, stdtrit
+from scipy.special import expit, log_expit, logsumexp, nctdtrinc, stdtr, stdtrit
 
 ALPHA = 0.05
 POWER = 0.8
 MAX_SEEDS = 10_000  # seeds_needed beyond this is reported as None: no practical number of seeds
+ECE_BINS = 15  # equal-width bins of P(pneumonia), as sklearn's calibration_curve(strategy="uniform") makes them
+# What binary_metrics returns; results.json names each `test_<key>`.
+BINARY_METRICS = ("acc", "auc", "sensitivity", "specificity", "f1", "confusion", "balanced_acc", "ece", "brier")
 
 
 def binary_metrics(labels: np.ndarray, scores: np.ndarray, threshold_pred: np.ndarray) -> dict:
-    """Accuracy, AUC, sensitivity, specificity, F1 and the confusion matrix [[tn, fp], [fn, tp]].
+    """BINARY_METRICS: accuracy, AUC, sensitivity, specificity, F1, the confusion matrix
+    [[tn, fp], [fn, tp]], balanced accuracy, ECE and Brier score.
 
-    `scores` are the pneumonia log-odds (only their order matters, for the AUC; pass
-    log-odds, not float32 probabilities, see the module docstring); `threshold_pred`
-    are the 0/1 predictions the head actually makes.
+    `scores` are the pneumonia log-odds (pass log-odds, not float32 probabilities, see
+    the module docstring); `threshold_pred` are the 0/1 predictions the head actually makes.
     """
     y = _as_labels(labels, "labels")
     pred = _as_labels(threshold_pred, "threshold_pred")
@@ -45,15 +49,73 @@ def binary_metrics(labels: np.ndarray, scores: np.ndarray, threshold_pred: np.nd
     tn = int(np.sum((y == 0) & (pred == 0)))
     fp = int(np.sum((y == 0) & (pred == 1)))
     fn = int(np.sum((y == 1) & (pred == 0)))
+    sensitivity = tp / (tp + fn) if tp + fn else None
+    specificity = tn / (tn + fp) if tn + fp else None
     return {
         "acc": (tp + tn) / y.size,
         "auc": _rank_auc(y, s),
-        "sensitivity": tp / (tp + fn) if tp + fn else None,
-        "specificity": tn / (tn + fp) if tn + fp else None,
+        "sensitivity": sensitivity,
+        "specificity": specificity,
         # F1 = 2tp / (2tp + fp + fn); with tp = 0 it is 0 by the limit, also when nothing was predicted positive.
         "f1": 2 * tp / (2 * tp + fp + fn) if tp else 0.0,
         "confusion": [[tn, fp], [fn, tp]],
+        # The mean of the two recalls: calling every image pneumonia scores 0.5 whatever the class
+        # balance, where its accuracy is the pneumonia share (62.5 % of the Kaggle test split).
+        "balanced_acc": (sensitivity + specificity) / 2 if tp + fn and tn + fp else None,
+        **calibration_metrics(y, s),
     }
+
+
+def calibration_metrics(y: np.ndarray, log_odds: np.ndarray) -> dict:
+    """ECE and Brier score of P(pneumonia); None for non-finite log-odds (a diverged model)."""
+    if not np.all(np.isfinite(log_odds)):
+        return {"ece": None, "brier": None}
+    p, once = expit(log_odds), np.ones((1, y.size))
+    return {"ece": float(weighted_ece(y, p, once)[0]), "brier": float(weighted_brier(y, p, once)[0])}
+
+
+def calibration_bin(p: np.ndarray) -> np.ndarray:
+    """Each probability's bin k, for (k/ECE_BINS, (k+1)/ECE_BINS] (the first holding 0 too), as sklearn's."""
+    return np.searchsorted(np.linspace(0.0, 1.0, ECE_BINS + 1)[1:-1], p)
+
+
+def bin_totals(p: np.ndarray, values: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """(R, ECE_BINS): per bin of `p`, the sum of `values` times each row of `weights` (R, N)."""
+    weighted = weights * values
+    rows = weighted.shape[0]
+    # One bincount over (row, bin) pairs, as sklearn bins: a matrix product with a one-hot (N, bins)
+    # matrix starts BLAS threads, which on a busy machine cost several times the sums themselves.
+    pair = np.arange(rows)[:, None] * ECE_BINS + calibration_bin(p)
+    return np.bincount(pair.ravel(), weights=weighted.ravel(), minlength=rows * ECE_BINS).reshape(rows, ECE_BINS)
+
+
+def weighted_ece(y: np.ndarray, p: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Expected calibration error of `p` under each row of `weights` (R, N): how often an image counts.
+
+    The bin-count-weighted mean of |fraction pneumonia - mean p| over the bins, which is the
+    sum over bins of |sum of (y - p)| over the total weight; all-ones weights give the plain ECE.
+    """
+    return np.abs(bin_totals(p, y - p, weights)).sum(axis=1) / weights.sum(axis=1)
+
+
+def weighted_brier(y: np.ndarray, p: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Brier score (mean squared error of `p` against the 0/1 labels) under each row of `weights` (R, N)."""
+    return weights @ (p - y) ** 2 / weights.sum(axis=1)
+
+
+def reliability_curve(labels: np.ndarray, log_odds: np.ndarray) -> dict[str, np.ndarray]:
+    """The reliability diagram's points: per non-empty bin, its index, mean P(pneumonia), fraction
+    pneumonia and images.
+
+    `mean_p` and `fraction` are sklearn's calibration_curve(strategy="uniform", n_bins=ECE_BINS).
+    """
+    y = _as_labels(labels, "labels").astype(np.float64)
+    p = expit(np.asarray(log_odds, dtype=np.float64).ravel())
+    once = np.ones((1, y.size))
+    count, p_sum, y_sum = (bin_totals(p, values, once)[0] for values in (1.0, p, y))
+    kept = count > 0
+    return {"bin": np.flatnonzero(kept), "mean_p": p_sum[kept] / count[kept], "fraction": y_sum[kept] / count[kept],
+            "count": count[kept].astype(np.int64)}
 
 
 def roc_curve(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -26,10 +26,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+from matplotlib.ticker import FuncFormatter, MaxNLocator  # noqa: E402
 from matplotlib.transforms import offset_copy  # noqa: E402
 
 from pneumolab.files import atomic_write_bytes  # noqa: E402
+from pneumolab.metrics import ECE_BINS  # noqa: E402
 
 DPI = 110
 # Fixed margins (fractions of the figure) for the accuracy/loss pair: the figure size is fixed
@@ -177,6 +178,86 @@ def roc_figure(rocs: Sequence[dict], title: str | None = None) -> Figure:
 def plot_roc(rocs: Sequence[dict], path: str | os.PathLike, title: str | None = None) -> None:
     """The job's `roc.png`: one test ROC curve per seed, its AUC in the legend."""
     fig = roc_figure(rocs, title)
+    try:
+        _save(fig, path)
+    finally:
+        plt.close(fig)
+
+
+# Each seed faint, so that the ensemble stands out however many seeds there are.
+SEED_CALIBRATION_STYLE = dict(color="tab:blue", alpha=0.3, linewidth=1, marker="o", markersize=3)
+ENSEMBLE_CALIBRATION_STYLE = dict(color="tab:red", linewidth=2.2, marker="o", markersize=5)
+
+
+def calibration_figure(seeds: Sequence[dict], ensemble: dict | None, title: str | None = None) -> Figure:
+    """The figure of `plot_calibration`: the reliability diagram over the ensemble's images per bin,
+    the legend below both, where no bin's point can hide behind it; the caller closes it."""
+    lines = ["test calibration (reliability diagram)"] + (textwrap.wrap(title, ROC_TITLE_WIDTH) if title else [])
+    extra = TITLE_LINE_IN * (len(lines) - 1)
+    height = 7.8 + extra
+    fig, (ax, ax_count) = plt.subplots(2, 1, figsize=(5.5, height), gridspec_kw=dict(height_ratios=[3.2, 1]))
+    with _closed_on_error(fig):
+        fig.subplots_adjust(left=0.15, right=0.96, bottom=1.1 / height, top=1 - (0.45 + extra) / height, hspace=0.32)
+        draw_reliability(ax, seeds, ensemble)
+        draw_bin_counts(ax_count, ensemble)
+        ax.set_title("\n".join(lines))
+        fig.legend(*ax.get_legend_handles_labels(), loc="lower center", fontsize="small", frameon=False)
+    return fig
+
+
+def draw_reliability(ax: Axes, seeds: Sequence[dict], ensemble: dict | None) -> None:
+    """Fraction pneumonia against mean P(pneumonia) per bin: each seed faint, the ensemble bold."""
+    for i, curve in enumerate(seeds):
+        ax.plot(*with_gaps(curve), **SEED_CALIBRATION_STYLE, label=None if i else seeds_label(seeds))
+    if ensemble is not None:
+        ax.plot(*with_gaps(ensemble), **ENSEMBLE_CALIBRATION_STYLE,
+                label=f"ensemble: mean P over {ensemble['n_seeds']} seeds (ECE {ensemble['ece']:.3f})")
+    ax.plot([0, 1], [0, 1], linestyle="--", color="grey", label="perfectly calibrated")
+    ax.set_xlim(-0.02, 1.02)  # a margin, so that points at 0 and 1 show whole
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel("mean predicted P(pneumonia)")
+    ax.set_ylabel("fraction pneumonia")
+    ax.grid(alpha=0.3)
+
+
+def draw_bin_counts(ax: Axes, ensemble: dict | None) -> None:
+    """The ensemble's test images per bin: a point far off the diagonal over a handful of images means little."""
+    if ensemble is not None:
+        edges = np.linspace(0.0, 1.0, ECE_BINS + 1)
+        ax.bar(edges[ensemble["bin"]], ensemble["count"], width=1 / ECE_BINS, align="edge",
+               color=ENSEMBLE_CALIBRATION_STYLE["color"], alpha=0.6, edgecolor="white")
+        ax.set_yscale("log")  # the confident end bins hold most images; the middle ones would vanish
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda count, _: f"{count:g}"))  # 1, 10, 100, not 10^0
+    ax.set_xlim(-0.02, 1.02)
+    ax.set_xlabel(f"predicted P(pneumonia), {ECE_BINS} equal-width bins")
+    ax.set_ylabel("images (ensemble)")
+    ax.grid(alpha=0.3, axis="y")
+
+
+def with_gaps(curve: dict) -> tuple[np.ndarray, np.ndarray]:
+    """The curve over every bin, NaN at the bins without images, so no line bridges an empty bin."""
+    x, y = np.full(ECE_BINS, np.nan), np.full(ECE_BINS, np.nan)
+    x[curve["bin"]], y[curve["bin"]] = curve["mean_p"], curve["fraction"]
+    return x, y
+
+
+def seeds_label(seeds: Sequence[dict]) -> str:
+    """"seed 0 (ECE 0.041)", or "each of 5 seeds (ECE 0.041–0.063)": the range of their ECEs."""
+    low, high = (f"{ece:.3f}" for ece in (min(c["ece"] for c in seeds), max(c["ece"] for c in seeds)))
+    if len(seeds) == 1:
+        return f"seed {seeds[0]['seed']} (ECE {low})"
+    return f"each of {len(seeds)} seeds (ECE {low if low == high else f'{low}–{high}'})"
+
+
+def plot_calibration(seeds: Sequence[dict], ensemble: dict | None, path: str | os.PathLike,
+                     title: str | None = None) -> None:
+    """The job's `calibration.png`: the reliability diagram of the test predictions.
+
+    `seeds` and `ensemble` hold `metrics.reliability_curve` of each seed that did not diverge
+    and of the mean probability over them, with their ECE (and `seed`, `n_seeds`); a bin
+    without images is not drawn.
+    """
+    fig = calibration_figure(seeds, ensemble, title)
     try:
         _save(fig, path)
     finally:

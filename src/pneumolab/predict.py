@@ -2,10 +2,13 @@
 
 PATH is an image file, a folder (searched recursively, every file an image, as the
 folder loader reads them) or a MedMNIST npz (every image of its splits, named
-`<file>:<split>:<index>`). Preprocessing is the training one: grayscale, resized to
-the run's size, normalised with the run's training pixels. The CSV (stdout unless
---out) has `path,prob,std,label,seed_<k>...`: the mean over seeds of P(pneumonia),
-its spread over seeds, the ensemble's label and each seed's probability.
+`<file>:<split>:<index>`). Preprocessing is the training one: grayscale, made square
+by the run's `resize` (center_crop or squeeze; squeeze for runs older than that key)
+and resized to the run's size, normalised with the run's training pixels. MedMNIST npz
+images are square already: only their size changes, and only when it differs from the
+run's. The CSV (stdout unless --out) has `path,prob,std,label,seed_<k>...`: the mean
+over seeds of P(pneumonia), its spread over seeds, the ensemble's label and each
+seed's probability.
 """
 
 from __future__ import annotations
@@ -26,16 +29,17 @@ from pneumolab.checkpoint import SavedSeeds, load_seeds
 from pneumolab.data import CLASSES
 from pneumolab.errors import PneumolabError
 from pneumolab.files import atomic_write_text
+from pneumolab.folder import decode_images, to_square, walk_files
 
 log = logging.getLogger("pneumolab")
 
 
-def resize_u8(images: np.ndarray, size: int) -> np.ndarray:
-    """uint8 (N, H, W) -> (N, size, size), bilinear as the folder loader resizes."""
-    return np.stack([np.asarray(Image.fromarray(img).resize((size, size), Image.Resampling.BILINEAR)) for img in images])
+def resize_u8(images: np.ndarray, size: int, resize: str) -> np.ndarray:
+    """uint8 (N, H, W) -> (N, size, size), as the folder loader resizes."""
+    return np.stack([np.asarray(to_square(Image.fromarray(img), size, resize)) for img in images])
 
 
-def npz_images(path: Path, size: int) -> tuple[list[str], np.ndarray]:
+def npz_images(path: Path, size: int, resize: str) -> tuple[list[str], np.ndarray]:
     from pneumolab.medmnist import read_npz
 
     names, blocks = [], []
@@ -43,16 +47,14 @@ def npz_images(path: Path, size: int) -> tuple[list[str], np.ndarray]:
         images = data.images[:, 0].numpy()
         if images.shape[1:] != (size, size):
             log.warning("%s: %s images are %dx%d px; resized to the run's %d px", path, split, *images.shape[1:], size)
-            images = resize_u8(images, size)
+            images = resize_u8(images, size, resize)
         names += [f"{path}:{split}:{i}" for i in range(len(images))]
         blocks.append(images)
     return names, np.concatenate(blocks)
 
 
-def gather_images(inputs: Sequence[str], size: int) -> tuple[list[str], torch.Tensor]:
+def gather_images(inputs: Sequence[str], size: int, resize: str) -> tuple[list[str], torch.Tensor]:
     """Names and uint8 (N, 1, size, size) images of every PATH, in the order given."""
-    from pneumolab.folder import decode_images, walk_files
-
     names, blocks = [], []
     for text in inputs:
         path = Path(text).expanduser()
@@ -61,14 +63,14 @@ def gather_images(inputs: Sequence[str], size: int) -> tuple[list[str], torch.Te
             if not files:
                 raise PneumolabError(f"The folder {text} holds no files. Give a folder of images, image files or an npz.")
             names += [str(Path(text) / f.relative_to(path)) for f in files]
-            blocks.append(decode_images(files, size))
+            blocks.append(decode_images(files, size, resize))
         elif path.suffix == ".npz" and path.is_file():
-            npz_names, images = npz_images(path, size)
+            npz_names, images = npz_images(path, size, resize)
             names += npz_names
             blocks.append(images)
         elif path.is_file():
             names.append(text)
-            blocks.append(decode_images([path], size))
+            blocks.append(decode_images([path], size, resize))
         else:
             raise PneumolabError(f"{text} does not exist. Give image files, folders of images or an npz.")
     return names, torch.from_numpy(np.concatenate(blocks))[:, None]
@@ -94,7 +96,7 @@ def prediction_table(saved: SavedSeeds, names: list[str], log_odds: np.ndarray) 
 
 def predict(run_dir: Path, inputs: Sequence[str]) -> str:
     saved = load_seeds(run_dir)
-    names, images = gather_images(inputs, saved.image_size)
+    names, images = gather_images(inputs, saved.image_size, saved.resize)
     return prediction_table(saved, names, saved.log_odds(images, terminal_progress))
 
 
@@ -124,7 +126,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         table = predict(args.run_dir.expanduser(), args.paths)
         if args.out:
-            atomic_write_text(args.out.expanduser(), table)
+            out = args.out.expanduser().absolute()
+            atomic_write_text(out, table)
+            count = sum(1 for _ in csv.reader(io.StringIO(table))) - 1  # the rows below the header
+            print(f"{prog}: wrote the predictions for {count} image{'' if count == 1 else 's'} to {out}")
         else:
             sys.stdout.write(table)
     except PneumolabError as exc:

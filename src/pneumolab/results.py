@@ -17,7 +17,8 @@ import numpy as np
 from pneumolab import __version__
 from pneumolab.files import atomic_open, atomic_write_text
 from pneumolab.bootstrap import bootstrap_seed_mean
-from pneumolab.metrics import binary_metrics, ensemble_log_odds, summarize
+from pneumolab.metric_table import SUMMARY_KEYS
+from pneumolab.metrics import BINARY_METRICS, binary_metrics, ensemble_log_odds, summarize
 
 if TYPE_CHECKING:  # importing torch would slow every reader of results, e.g. pneumolab-summarize
     from pneumolab.train import SeedRun
@@ -25,19 +26,18 @@ if TYPE_CHECKING:  # importing torch would slow every reader of results, e.g. pn
 RESULTS = "results.json"
 FAILURE = "error.json"
 METRICS_CSV = "metrics.csv"
-SUMMARY_KEYS = ("test_acc", "test_auc", "test_sensitivity", "test_specificity", "val_acc")
 CSV_COLUMNS = ("seed", "epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc")
 
 
 def seed_entry(run: "SeedRun", test_labels: np.ndarray) -> dict[str, Any]:
     entry: dict[str, Any] = {"seed": run.seed}
     if run.diverged:
-        metrics = dict.fromkeys(("acc", "auc", "sensitivity", "specificity", "f1", "confusion"))
+        metrics = dict.fromkeys(BINARY_METRICS)
     else:
         metrics = binary_metrics(test_labels, run.test_scores, run.test_predictions)
-    for key in ("acc", "auc", "sensitivity", "specificity", "f1", "confusion"):
+    for key in BINARY_METRICS:
         entry[f"test_{key}"] = metrics[key]
-    entry.update(val_acc=run.val_acc, epochs_run=run.epochs_run, best_epoch=run.best_epoch, diverged=run.diverged)
+    entry.update(val_acc=run.val_acc, val_balanced_acc=run.val_balanced_acc, val_auc=run.val_auc, epochs_run=run.epochs_run, best_epoch=run.best_epoch, diverged=run.diverged)
     return entry
 
 
@@ -75,7 +75,7 @@ def build_results(
 
 
 def build_summary(per_seed: list[dict[str, Any]], runs: list["SeedRun"], test_labels: np.ndarray) -> dict[str, Any]:
-    """Each SUMMARY_KEYS metric over seeds; the test metrics also get the bootstrap over test images."""
+    """Each metric of the metric table over seeds; the test metrics also get the bootstrap over test images."""
     summary = {key: summarize([entry[key] for entry in per_seed]) for key in SUMMARY_KEYS}
     scores, predictions = converged_outputs(runs)
     for key, interval in bootstrap_seed_mean(test_labels, scores, predictions).items():

@@ -13,23 +13,41 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 from pneumolab.bootstrap import RESAMPLES
-from pneumolab.metrics import ALPHA, POWER, summarize
+from pneumolab.metric_table import BY_KEY, METRICS
+from pneumolab.metrics import ALPHA, ECE_BINS, POWER, summarize
 from pneumolab.points import LEADERS, MANY_POINTS, Comparison, Point, rank_points
 
 if TYPE_CHECKING:
     from pneumolab.sweep import Summary
 
 DASH = "–"
-METRICS = {"test_acc": "test accuracy", "test_auc": "AUC", "test_sensitivity": "sensitivity",
-           "test_specificity": "specificity", "val_acc": "val accuracy"}
+
+
+def join_words(words: Sequence[str]) -> str:
+    """"a", "a and b", "a, b and c"."""
+    return " and ".join(filter(None, [", ".join(words[:-1]), words[-1]])) if words else ""
+
+
+def units_note() -> str:
+    """Which columns are percent and which fractions, and which way is better, from the metric table."""
+    percent = [m.label for m in METRICS if m.percent]
+    fraction = [m.label for m in METRICS if not m.percent]
+    lower = [m.label for m in METRICS if not m.higher_is_better]
+    text = f"{join_words(percent)} in percent; {join_words(fraction)} as fractions. "
+    return text[0].upper() + text[1:] + f"Lower is better for {join_words(lower)}, higher for the rest."
+
+
 INTERVALS_NOTE = (
     "Each metric is mean ± std over seeds, then two 95 % intervals of the mean: **seeds** covers training "
     "again with other seeds and testing on these same images (Student t over seeds); **test set** covers "
     f"testing on another test set of the same size and class balance (bootstrap over test images, "
     f"{RESAMPLES} resamples). Compare points of one sweep, which share the test images, with the seeds "
-    "interval; quote a number as a property of the model with the test-set interval. Accuracy, "
-    "sensitivity and specificity in percent, AUC as a fraction. *Ensemble*: the accuracy of the "
-    "mean probability over a point's seeds. A seeds interval marked * reached past 0 or 100 % and is clipped.")
+    "interval; quote a number as a property of the model with the test-set interval. "
+    f"{units_note()} *Balanced accuracy*: the mean of sensitivity and specificity, which the class "
+    f"balance does not sway. *ECE* (expected calibration error, {ECE_BINS} equal-width bins of P(pneumonia)) "
+    "and *Brier score* (mean squared error of P(pneumonia)) judge the predicted probabilities, not only "
+    "the verdicts. *Ensemble*: the accuracy of the mean probability over a point's seeds. A seeds "
+    "interval marked * reached past 0 or 100 % and is clipped.")
 
 
 def label_point(point: Point, out_dir: Path) -> str:
@@ -39,8 +57,8 @@ def label_point(point: Point, out_dir: Path) -> str:
 
 
 def scale_of(metric: str) -> tuple[float, str, int]:
-    """(factor, unit, digits): AUC as a fraction, the rest in percent."""
-    return (1.0, "", 3) if metric == "test_auc" else (100.0, " %", 1)
+    """(factor, unit, digits) of the metric table: percent, or a fraction such as the AUC."""
+    return BY_KEY[metric].scale
 
 
 def format_stat(metric: str, stats: dict[str, Any]) -> str:
@@ -85,11 +103,11 @@ def status_cells(point: Point) -> list[str]:
 
 
 def format_points(summary: "Summary", out_dir: Path) -> list[str]:
-    header = ["point", *summary.swept, "test accuracy", "ensemble", *list(METRICS.values())[1:],
+    header = ["point", *summary.swept, METRICS[0].label, "ensemble", *(m.label for m in METRICS[1:]),
               "seeds", "diverged", "status"]
     rows = []
     for point in summary.points:
-        stats = [format_stat(metric, point.stats(metric)) for metric in METRICS]
+        stats = [format_stat(m.key, point.stats(m.key)) for m in METRICS]
         rows.append([label_point(point, out_dir), *(point.setting(k) for k in summary.swept), stats[0],
                      percent(point.ensemble_acc), *stats[1:], *status_cells(point)])
     return table(header, rows)

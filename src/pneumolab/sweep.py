@@ -20,10 +20,12 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from pneumolab.files import atomic_open, atomic_write_text
+from pneumolab.metric_table import BY_KEY, METRICS, SUMMARY_KEYS, Metric
 from pneumolab.points import (
-    MANY_POINTS, Comparison, Point, compare_points, find_common_settings, find_points, find_swept_keys, rank_points,
+    MANY_POINTS, Comparison, Point, all_pneumonia_rate, compare_points, find_common_settings,
+    find_differing_settings, find_label_keys, find_points, rank_points,
 )
-from pneumolab.summary_md import METRICS, describe_comparison, format_markdown, label_point, main_effect
+from pneumolab.summary_md import describe_comparison, format_markdown, label_point, main_effect, tested_text
 
 log = logging.getLogger("pneumolab")
 
@@ -41,7 +43,12 @@ MAX_CONSOLE_COMPARISONS = 4
 
 @dataclass(frozen=True)
 class Summary:
-    """What summary.csv, summary.md and summary.png show."""
+    """What summary.csv, summary.md and summary.png show.
+
+    `swept`: the resolved settings that differ between points (what comparisons name);
+    `labels`: typed keys that differ but are no setting (experiment=..., trainer.seeds=...);
+    `metric`: what the Welch tests and summary.png compare (test accuracy unless asked).
+    """
 
     points: list[Point]
     swept: list[str]
@@ -49,6 +56,8 @@ class Summary:
     comparisons: list[Comparison]
     all_pairs: bool
     search: bool = False
+    labels: tuple[str, ...] = ()
+    metric: str = "test_acc"
 
     @property
     def failed(self) -> list[Point]:
@@ -64,11 +73,12 @@ def is_search(points: Sequence[Point]) -> bool:
     return SEARCH_SWEEPER in target.lower()
 
 
-def build_summary(roots: Sequence[Path], all_pairs: bool = False) -> Summary:
+def build_summary(roots: Sequence[Path], all_pairs: bool = False, metric: str = "test_acc") -> Summary:
     points = find_points(roots)
-    swept = find_swept_keys(points)
-    return Summary(points, swept, find_common_settings(points, swept), compare_points(points, swept, all_pairs),
-                   all_pairs, is_search(points))
+    swept = find_differing_settings(points)
+    return Summary(points, swept, find_common_settings(points, swept),
+                   compare_points(points, swept, all_pairs, metric), all_pairs, is_search(points),
+                   tuple(find_label_keys(points, swept)), metric)
 
 
 # --- writing -----------------------------------------------------------------
@@ -76,14 +86,14 @@ def build_summary(roots: Sequence[Path], all_pairs: bool = False) -> Summary:
 
 def format_csv_row(point: Point, summary: Summary, out_dir: Path) -> dict[str, Any]:
     row: dict[str, Any] = {"point": label_point(point, out_dir)}
-    row.update({key: point.setting(key) for key in summary.swept})
+    row.update({key: point.setting(key) for key in (*summary.labels, *summary.swept)})
     row.update(overrides=" ".join(point.overrides), status="ok" if point.ok else "failed", error=point.error)
     row.update(n_seeds=len(point.per_seed) if point.ok else None, n_diverged=point.n_diverged if point.ok else None)
     for metric in METRICS:
-        stats = point.stats(metric)
-        row.update({f"{metric}_{stat}": stats.get(stat) for stat in STATS})
-        if metric != "val_acc":
-            row.update({f"{metric}_{stat}": stats.get(stat) for stat in BOOT_STATS})
+        stats = point.stats(metric.key)
+        row.update({f"{metric.key}_{stat}": stats.get(stat) for stat in STATS})
+        if metric.test_set:
+            row.update({f"{metric.key}_{stat}": stats.get(stat) for stat in BOOT_STATS})
     row["ensemble_test_acc"] = point.ensemble_acc
     return row
 
@@ -108,10 +118,28 @@ def parse_number(text: str) -> float | int | str:
 
 
 def plotted_point(point: Point, x: Any, group: str | None, metric: str = "test_acc") -> dict[str, Any]:
-    """What the summary plots take of a point: its mean, seeds interval (as summary.md prints it), seeds."""
+    """What the summary plots take of a point: its mean, both intervals (as summary.md prints them), seeds."""
     stats = point.stats(metric)
     return {"x": x, "group": group, "mean": stats["mean"], "low": stats["ci95_low"], "high": stats["ci95_high"],
+            "boot_low": stats.get("boot95_low"), "boot_high": stats.get("boot95_high"),
             "seeds": [v for v in point.seed_values(metric) if v is not None]}
+
+
+def reference_lines(metric: Metric, finished: Sequence[Point]) -> list[tuple[float, str]]:
+    """What a reader measures the points against, as (value, label): for an accuracy, the accuracy of
+    always answering pneumonia on that split (one line per distinct split among the points); for a
+    balanced accuracy or an AUC, chance (0.5). None for the rest, whose axes start at 0."""
+    kind = metric.key.split("_", 1)[1]  # acc, balanced_acc, auc, sensitivity, ...
+    split = "test" if metric.test_set else "validation"
+    if kind == "acc":
+        rates = dict.fromkeys(round(r, 9) for p in finished
+                              if (r := all_pneumonia_rate(p.results, "test" if metric.test_set else "val")) is not None)
+        return [(r, f"always answering pneumonia ({split} set): {100 * r:.1f} %") for r in rates]
+    if kind == "balanced_acc":
+        return [(0.5, "chance: 50.0 % (any model that ignores the image)")]
+    if kind == "auc":
+        return [(0.5, "chance: AUC 0.500")]
+    return []
 
 
 def effect_panels(summary: Summary, finished: list[Point]) -> list[tuple[str, list[dict]]]:
@@ -119,38 +147,50 @@ def effect_panels(summary: Summary, finished: list[Point]) -> list[tuple[str, li
     panels = []
     for key in summary.swept:
         values = list(dict.fromkeys(p.setting(key) for p in finished))
-        effects = [main_effect(finished, key, v) for v in values]
+        effects = [main_effect(finished, key, v, summary.metric) for v in values]
         panels.append((key, [{"x": parse_number(v), "group": None, "mean": e["mean"], "low": e["ci95_low"],
-                              "high": e["ci95_high"], "seeds": [p.mean_acc for p in finished if p.setting(key) == v]}
+                              "high": e["ci95_high"],
+                              "seeds": [p.mean(summary.metric) for p in finished if p.setting(key) == v]}
                              for v, e in zip(values, effects)]))
     return panels
 
 
+def point_name(point: Point, summary: Summary, out_dir: Path) -> str:
+    """A point on an axis of its own: its label (experiment=...) where exactly one tells points apart, else its folder."""
+    if len(summary.labels) == 1 and point.setting(summary.labels[0]) != "(not set)":
+        return point.setting(summary.labels[0])
+    return label_point(point, out_dir)
+
+
 def plot_points(summary: Summary, out_dir: Path) -> bool:
-    """Write summary.png; False (and no stale figure left) when no point has a test accuracy."""
-    from pneumolab.plots import plot_search, plot_summary, plot_summary_panels
+    """Write summary.png; False (and no stale figure left) when no point has a value of the metric."""
+    from pneumolab.plots import metric_axis_label, plot_search, plot_summary, plot_summary_panels
 
     path = out_dir / SUMMARY_PNG
-    finished = rank_points(summary.points)
+    metric = BY_KEY["val_acc" if summary.search else summary.metric]
+    finished = rank_points(summary.points, metric.key)
     if not finished:
         path.unlink(missing_ok=True)
         return False
     finished = [p for p in summary.points if p in finished]  # back in job order
+    reference = reference_lines(metric, finished)
     if summary.search:
         trials = [plotted_point(p, int(p.job_dir.name) if p.job_dir.name.isdigit() else i, None, "val_acc")
                   for i, p in enumerate(finished)]
-        plot_search(trials, path)
+        plot_search(trials, path, reference=reference)
     elif len(finished) > MANY_POINTS and summary.swept:
-        plot_summary_panels(effect_panels(summary, finished), path)
+        plot_summary_panels(effect_panels(summary, finished), path, metric=metric, reference=reference)
     else:
         # One or two swept keys read as a curve (and one line per value of the second);
         # more than that has no natural x axis, so each point gets its own place.
         by_point = len(summary.swept) not in (1, 2)
         x_key = "point" if by_point else summary.swept[0]
         group_key = summary.swept[1] if len(summary.swept) == 2 else None
-        plotted = [plotted_point(p, label_point(p, out_dir) if by_point else parse_number(p.setting(x_key)),
-                                 p.setting(group_key) if group_key else None) for p in finished]
-        plot_summary(plotted, path, x_key, group_key, title="test accuracy per point" if by_point else None)
+        plotted = [plotted_point(p, point_name(p, summary, out_dir) if by_point else parse_number(p.setting(x_key)),
+                                 p.setting(group_key) if group_key else None, metric.key) for p in finished]
+        name = metric_axis_label(metric).rsplit(" (", 1)[0]
+        plot_summary(plotted, path, x_key, group_key, title=f"{name} per point" if by_point else None,
+                     metric=metric, reference=reference)
     return True
 
 
@@ -193,13 +233,16 @@ class SweepSummaryCallback(Callback):
             for comparison in summary.comparisons:
                 log.info("%s", describe_comparison(comparison, sweep_dir))
         else:  # a large sweep's tests belong in its files, not on the console
-            log.info("%d comparisons of test accuracy: see the significance table of %s", len(summary.comparisons),
-                     sweep_dir / SUMMARY_MD)
-        log.info("sweep summary of %d points: %s", len(summary.points), sweep_dir / SUMMARY_MD)
+            log.info("%d comparisons of %s: see the significance table of %s", len(summary.comparisons),
+                     BY_KEY[summary.metric].label, sweep_dir / SUMMARY_MD)
+        if not summary.comparisons and (untested := tested_text(summary)):
+            log.info("%s", untested)
+        log.info("sweep summary of %d points: %s", len(summary.points), sweep_dir.absolute() / SUMMARY_MD)
 
 
 def summarize_main(argv: Sequence[str] | None = None) -> None:
-    """`pneumolab-summarize DIR [DIR ...] [--out OUT] [--all-pairs]`: exit 1 when a point failed, 2 on bad input."""
+    """`pneumolab-summarize DIR [DIR ...] [--out OUT] [--all-pairs] [--metric NAME]`: exit 1 when a point
+    failed, 2 on bad input."""
     parser = argparse.ArgumentParser(
         prog="pneumolab-summarize",
         description="Rebuild summary.csv, summary.md and summary.png from the results.json (and error.json) "
@@ -209,14 +252,18 @@ def summarize_main(argv: Sequence[str] | None = None) -> None:
                         help="a sweep directory, or a run directory holding results.json; searched recursively")
     parser.add_argument("--out", type=Path, help="where to write the summary (default: the first DIR)")
     parser.add_argument("--all-pairs", action="store_true",
-                        help="test every pair of points, not only those that differ in exactly one setting")
+                        help="test every pair of points, not only those whose resolved configs differ in exactly "
+                             "one setting")
+    parser.add_argument("--metric", default="test_acc", choices=SUMMARY_KEYS, metavar="NAME",
+                        help="the per-seed metric the Welch tests and summary.png compare (default: test_acc); "
+                             f"one of {', '.join(SUMMARY_KEYS)}")
     args = parser.parse_args(argv)
 
     missing = [str(d) for d in args.dirs if not d.is_dir()]
     if missing:
         fail(f"{', '.join(missing)}: no such directory. Give the sweep directory Hydra printed "
              "(outputs/multirun/<date>/<time>) or a run directory (outputs/runs/<date>/<time>).")
-    summary = build_summary(args.dirs, all_pairs=args.all_pairs)
+    summary = build_summary(args.dirs, all_pairs=args.all_pairs, metric=args.metric)
     if not summary.points:
         fail(f"No results found: no results.json or error.json under {', '.join(map(str, args.dirs))}. "
              "A job writes results.json when it finishes; point this command at a sweep directory "

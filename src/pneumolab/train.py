@@ -22,13 +22,17 @@ import torch
 from pneumolab.config import Config
 from pneumolab.data import Dataset, Split, normalize, stratified_holdout
 from pneumolab.errors import PneumolabError
-from pneumolab.heads import Head, make_head, predict
-from pneumolab.models import build_stack, check_model
+from pneumolab.metrics import binary_metrics
+from pneumolab.augment import Augmenter, make_augmenter
+from pneumolab.heads import Head, balanced_class_weights, make_head, predict
+from pneumolab.models import build_stack, check_model, has_batch_norm
 from pneumolab.optim import Scheduler, follows_each_seed, make_optimizer, make_scheduler
 from pneumolab.workers import call_side_by_side, fork_available
 
 # Rows per evaluation chunk: bounds the float copy of 224 px images to ~100 MB.
 EVAL_CHUNK = 512
+# Pixels per seed augmented at a time (16 MB of float32): a whole epoch at 28 px, two batches at 224 px.
+AUGMENT_CHUNK_PIXELS = 2**22
 HISTORY_KEYS = ("epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc")
 
 
@@ -42,6 +46,9 @@ class SeedRun:
     epochs_run: int = 0
     best_epoch: int = 0
     val_acc: float | None = None
+    # Threshold-free and class-balanced validation measures, to choose recipes on (never on test).
+    val_auc: float | None = None
+    val_balanced_acc: float | None = None
     test_scores: np.ndarray | None = None  # float64 pneumonia log-odds per test image
     test_predictions: np.ndarray | None = None  # 0/1, pneumonia where the log-odds are positive
     weights: dict[str, np.ndarray] | None = None  # the evaluated checkpoint, as the one-seed module's state dict
@@ -88,6 +95,25 @@ class DeviceData:
         # index_select is a faster gather than images[index].
         x = self.images[index] if isinstance(index, slice) else self.images.index_select(0, index)
         return normalize(x, *self.stats)
+
+    def batch(self, index: torch.Tensor, augment: Augmenter | None = None) -> torch.Tensor:
+        """The stacked batch of index (S, B) as normalised float32 (S, B, 1, H, W), augmented if asked."""
+        shape = (*index.shape, *self.images.shape[1:])
+        if augment is None:
+            return self.rows(index.reshape(-1)).view(shape)
+        pixels = self.images.index_select(0, index.reshape(-1)).view(shape).to(torch.float32).div_(255.0)
+        mean, std = self.stats
+        return augment(pixels).sub_(mean).div_(std)
+
+    def seed_labels(self, n_seeds: int) -> torch.Tensor:
+        """The labels of the rows each seed uses: (S, n)."""
+        return self.labels.expand(n_seeds, -1) if self.index is None else self.labels[self.index]
+
+    def class_counts(self) -> tuple[int, int]:
+        """(normal, pneumonia) among the rows a seed uses (every seed's rows hold as many of each)."""
+        labels = self.labels if self.index is None else self.labels[self.index[0]]
+        n_pos = int(labels.sum())
+        return len(labels) - n_pos, n_pos
 
 
 @dataclass
@@ -149,18 +175,23 @@ class SeedOptimizers:
 
 
 def train_one_epoch(stack, optimizers: SeedOptimizers, head: Head, data: DeviceData,
-                    shufflers: list[torch.Generator], batch_size: int, active: list[bool]):
-    """One pass over the training split, each seed in its own order; loss and accuracy (S,)."""
+                    shufflers: list[torch.Generator], batch_size: int, active: list[bool],
+                    augment: Augmenter | None = None):
+    """One pass over the training split, each seed in its own order; loss and accuracy (S,) over the
+    images trained on (all, except a last batch of one image for a model with BatchNorm layers)."""
     stack.train()
     n = len(data.labels) if data.index is None else data.index.shape[1]
     order = torch.stack([torch.randperm(n, generator=g) for g in shufflers]).to(data.images.device)
     if data.index is not None:
         order = data.index.gather(1, order)
+    if n % batch_size == 1 and has_batch_norm(stack):
+        # BatchNorm cannot learn from a lone image: a last batch of one is left out (the last image
+        # of each epoch's shuffle, so a different one each epoch).
+        n -= 1
+        order = order[:, :n]
     labels = data.labels[order]
     logits = []
-    for start in range(0, n, batch_size):
-        idx = order[:, start : start + batch_size]
-        x = data.rows(idx.reshape(-1)).view(*idx.shape, *data.images.shape[1:])
+    for start, x in epoch_batches(data, order, batch_size, augment):
         batch_logits = stack(x)
         optimizers.step(head.loss(batch_logits, labels[:, start : start + batch_size]), active)
         logits.append(batch_logits.detach())
@@ -168,6 +199,22 @@ def train_one_epoch(stack, optimizers: SeedOptimizers, head: Head, data: DeviceD
     # in one pass here rather than a few small operations in every step.
     logits = torch.cat(logits, dim=1)
     return head.loss(logits, labels), (predict(head.log_odds(logits)) == labels).float().mean(1)
+
+
+def epoch_batches(data: DeviceData, order: torch.Tensor, batch_size: int, augment: Augmenter | None):
+    """(start, stacked batch) for every batch of an epoch in `order` (S, n).
+
+    Augmentation runs on whole chunks of batches: a few large operations cost far less
+    than many small ones per batch. A chunk's size depends on the image size alone,
+    never on the number of seeds, so every seed draws the same parameters in any stack.
+    """
+    chunk = batch_size
+    if augment is not None:
+        chunk = max(1, AUGMENT_CHUNK_PIXELS // data.images[0].numel() // batch_size) * batch_size
+    for chunk_start in range(0, order.shape[1], chunk):
+        images = data.batch(order[:, chunk_start : chunk_start + chunk], augment)
+        for start in range(0, images.shape[1], batch_size):
+            yield chunk_start + start, images[:, start : start + batch_size]
 
 
 @torch.no_grad()
@@ -219,12 +266,15 @@ def fit_seeds(settings: Config, head: Head, data: TrainingData, seeds: list[int]
     stack = build_stack(settings.model, in_shape, head.n_outputs, seeds, device,
                         batched and not follows_each_seed(settings.scheduler))
     optimizers = SeedOptimizers(stack, settings)
+    if settings.head.class_weights == "balanced":
+        head = make_head(settings.head.name, balanced_class_weights(splits["train"].class_counts(), device))
+    augment = make_augmenter(settings.augment, seeds)
     shufflers = [torch.Generator().manual_seed(shuffle_seed(seed)) for seed in seeds]
     runs, active, best = [SeedRun(seed) for seed in seeds], [True] * len(seeds), {}
     for epoch in range(1, epochs + 1):
         lrs = optimizers.lrs()
         train_loss, train_acc = train_one_epoch(stack, optimizers, head, splits["train"], shufflers,
-                                                settings.data.batch_size, active)
+                                                settings.data.batch_size, active, augment)
         val_loss, val_acc, _ = evaluate(stack, head, splits["val"])
         # The one host sync of the epoch.
         rows = torch.stack([train_loss, train_acc, val_loss, val_acc]).cpu().tolist()
@@ -243,13 +293,17 @@ def fit_seeds(settings: Config, head: Head, data: TrainingData, seeds: list[int]
 
 
 def finish_runs(stack, head: Head, splits: dict[str, DeviceData], runs: list[SeedRun]) -> list[SeedRun]:
-    """The evaluated checkpoint's validation accuracy, test log-odds and weights, per seed."""
-    _, val_acc, _ = evaluate(stack, head, splits["val"])
+    """The evaluated checkpoint's validation measures, test log-odds and weights, per seed."""
+    _, val_acc, val_log_odds = evaluate(stack, head, splits["val"])
     _, _, log_odds = evaluate(stack, head, splits["test"])
     val_acc, log_odds = val_acc.cpu().tolist(), log_odds.cpu().double().numpy()
+    val_labels = splits["val"].seed_labels(len(runs)).cpu().numpy()
+    val_log_odds = val_log_odds.cpu().double().numpy()
     for s, run in enumerate(runs):
         if not run.diverged:
             run.val_acc, run.test_scores = val_acc[s], log_odds[s]
+            val = binary_metrics(val_labels[s], val_log_odds[s], (val_log_odds[s] > 0).astype(np.int64))
+            run.val_auc, run.val_balanced_acc = val["auc"], val["balanced_acc"]
             run.test_predictions = (log_odds[s] > 0).astype(np.int64)
             run.weights = {k: v.cpu().numpy() for k, v in stack.seed_state(s).items()}
     return runs
@@ -316,7 +370,7 @@ def fit(settings: Config, dataset: Dataset, device: torch.device, on_epoch: Epoc
     """Train every seed of `settings.trainer.seeds` on `dataset`, split over `processes`
     processes (see `seed_processes`); `on_epoch` hears from this process's seeds."""
     head = make_head(settings.head.name)
-    check_model(settings.model, dataset.image_shape, head.n_outputs)
+    check_model(settings.model, dataset.image_shape, head.n_outputs, settings.data.batch_size)
     stats = dataset.pixel_stats()
     data = TrainingData({name: DeviceData.of(split, device, stats) for name, split in dataset.splits().items()},
                         dataset.val_per_seed)

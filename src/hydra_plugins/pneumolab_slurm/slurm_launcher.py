@@ -10,7 +10,10 @@ point, the sweep exits 1, and re-running the same command trains only what is mi
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
+import shutil
 import signal
 from pathlib import Path
 from typing import Any, Sequence
@@ -31,6 +34,68 @@ ADVICE = {
 }
 
 
+# What sbatch says when it refuses a submission (SLURM 20-23), and the key of hydra.launcher to change.
+REFUSALS = (
+    (("invalid partition",), "partition",
+     "use a partition that `sinfo -s` lists (hydra.launcher.partition=NAME), or hydra.launcher.partition=null "
+     "for the cluster's default"),
+    (("cpu count per node", "more processors requested", "cpus per task"), "cpus_per_task",
+     "lower hydra.launcher.cpus_per_task to at most the CPUs of one node (`sinfo -o '%P %c'` shows them)"),
+    (("memory specification", "mem-per-"), "mem_gb",
+     "lower hydra.launcher.mem_gb to what a node has (`sinfo -o '%P %m'` shows it in MB)"),
+    (("time limit",), "timeout_min",
+     "lower hydra.launcher.timeout_min to the partition's time limit (`sinfo -o '%P %l'` shows it)"),
+    (("gres", "gpu"), "gpus_per_node",
+     "set hydra.launcher.gpus_per_node=0, or pick a partition with GPUs (hydra.launcher.partition=NAME; "
+     "`sinfo -o '%P %G'` shows them)"),
+    (("requested node configuration is not available",), "cpus_per_task",
+     "no node has what the jobs ask for: lower hydra.launcher.cpus_per_task, mem_gb or gpus_per_node "
+     "(`sinfo -o '%P %c %m %G'` shows what the nodes have)"),
+)
+UNREACHABLE = ("unable to contact slurm controller", "connection refused", "socket timed out",
+               "slurm_persist_conn_open", "zero bytes were transmitted")
+SETTINGS = ("partition", "cpus_per_task", "mem_gb", "gpus_per_node", "timeout_min")
+
+
+def check_slurm_commands() -> None:
+    """SLURM's commands must be on PATH; submitit would otherwise end in a traceback."""
+    from pneumolab.errors import PneumolabError
+
+    missing = [command for command in ("sbatch", "srun") if shutil.which(command) is None]
+    if missing:
+        raise PneumolabError(
+            f"hydra/launcher=slurm cannot submit the sweep: SLURM's {' and '.join(f'`{c}`' for c in missing)} "
+            f"{'is' if len(missing) == 1 else 'are'} not on PATH, so this machine is not a SLURM login node. "
+            "Run the command on one (where `sbatch --version` works, e.g. after `module load slurm`), or add "
+            "SLURM's bin folder to PATH; or run the sweep on this machine without hydra/launcher=slurm "
+            "(hydra/launcher=joblib runs its points side by side). Nothing was submitted.")
+
+
+def submission_refused(said: str, params: Any) -> Exception:
+    """sbatch's refusal as one paragraph with the fix (a PneumolabError: exit 2, no traceback)."""
+    from pneumolab.errors import PneumolabError
+
+    quoted = "; ".join(line.strip() for line in said.splitlines() if line.strip()) or "no message"
+    lowered = quoted.lower()
+    if any(needle in lowered for needle in UNREACHABLE):
+        return PneumolabError(
+            f"hydra/launcher=slurm cannot submit the sweep: sbatch cannot reach the SLURM controller ({quoted}). "
+            "Check that slurmctld is running and reachable from this machine (`scontrol ping` says; ask the "
+            "cluster's admins, or on the one-node cluster of this repository run `sudo scripts/local_slurm.sh "
+            "start`), then run the same command again; or run the sweep on this machine without "
+            "hydra/launcher=slurm. Nothing was submitted.")
+    key, fix = next(((key, fix) for needles, key, fix in REFUSALS if any(n in lowered for n in needles)),
+                    (None, None))
+    asked = ", ".join(f"{name}={params.get(name)}" for name in SETTINGS if name in params)
+    if fix is None:
+        fix = ("check hydra.launcher's settings against what the cluster offers (`sinfo -o '%P %c %m %G %l'`), "
+               "or ask the cluster's admins")
+    setting = f" (hydra.launcher.{key}={params.get(key)})" if key in params else ""
+    return PneumolabError(
+        f"SLURM refused the sweep's jobs{setting}: {quoted}. To fix it, {fix}; then run the same command "
+        f"again. The jobs asked for {asked}; none was submitted.")
+
+
 class SlurmLauncher(SubmititSlurmLauncher):
     def __call__(self, *args: Any, **kwargs: Any) -> JobReturn:
         """Runs in the SLURM job: end when SLURM ends the job, rather than train on unheard."""
@@ -44,8 +109,10 @@ class SlurmLauncher(SubmititSlurmLauncher):
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         """The plugin's launch, except that each job's result is collected on its own."""
         import submitit
+        from submitit.core.utils import FailedJobError
 
         assert self.config is not None
+        check_slurm_commands()
         executor = submitit.AutoExecutor(cluster=self._EXECUTOR, folder=self.params["submitit_folder"],
                                          **{f"{self._EXECUTOR}_max_num_timeout": self.params["max_num_timeout"]})
         shared = set(OmegaConf.structured(BaseQueueConf).keys())
@@ -59,8 +126,14 @@ class SlurmLauncher(SubmititSlurmLauncher):
         for number, overrides in zip(numbers, job_overrides):
             log.info("\t#%d : %s", number, " ".join(filter_overrides(overrides)))
         state = Singleton.get_state()
-        jobs = executor.map_array(self, [list(o) for o in job_overrides], ["hydra.sweep.dir"] * len(numbers),
-                                  list(numbers), [f"job_id_for_{n}" for n in numbers], [state] * len(numbers))
+        said = io.StringIO()
+        try:
+            # submitit prints sbatch's complaint to stderr before it raises; the paragraph below quotes it.
+            with contextlib.redirect_stderr(said):
+                jobs = executor.map_array(self, [list(o) for o in job_overrides], ["hydra.sweep.dir"] * len(numbers),
+                                          list(numbers), [f"job_id_for_{n}" for n in numbers], [state] * len(numbers))
+        except (FailedJobError, OSError) as exc:
+            raise submission_refused(str(exc) or said.getvalue(), self.params) from None
         return [self.collect(job, list(overrides), number)
                 for job, overrides, number in zip(jobs, job_overrides, numbers)]
 

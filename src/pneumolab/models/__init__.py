@@ -6,14 +6,16 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from pneumolab.config import CNNConfig, CustomModelConfig, MLPConfig
+from pneumolab.config import CNNConfig, CustomModelConfig, MLPConfig, ResNetConfig
 from pneumolab.errors import PneumolabError
+from pneumolab.extras import require_extra
+from pneumolab.initial_weights import load_initial_weights, read_state_dict
 from pneumolab.models.cnn import CNN
 from pneumolab.models.custom import build_custom, check_output_shape
 from pneumolab.models.mlp import MLP
 from pneumolab.models.stack import SeedRandomness, SeedStack, StackedMLP
 
-ModelConfig = MLPConfig | CNNConfig | CustomModelConfig
+ModelConfig = MLPConfig | CNNConfig | ResNetConfig | CustomModelConfig
 
 
 def build_model(cfg: ModelConfig, in_shape: tuple[int, int, int], n_outputs: int) -> nn.Module:
@@ -27,18 +29,45 @@ def build_model(cfg: ModelConfig, in_shape: tuple[int, int, int], n_outputs: int
                 f"model=cnn with {len(cfg.channels)} pooling stages needs images of at least {smallest} px, but these "
                 f"are {in_shape[1]}x{in_shape[2]}. Use fewer model.channels or a larger image size."
             )
-        return CNN(in_shape, n_outputs, cfg.channels, cfg.negative_slope, cfg.dropout)
+        return CNN(in_shape, n_outputs, cfg.channels, cfg.negative_slope, cfg.dropout, cfg.convs_per_block,
+                   cfg.batch_norm, cfg.global_pool)
+    if isinstance(cfg, ResNetConfig):
+        require_extra("resnet", "model=resnet")
+        from pneumolab.models.resnet import ResNet18  # torchvision, an optional extra
+
+        return ResNet18(in_shape, n_outputs)
     if isinstance(cfg, CustomModelConfig):
         return build_custom(cfg, in_shape, n_outputs)
-    raise PneumolabError(f"Unknown model {cfg!r}: use model=mlp, model=cnn or model=custom.")
+    raise PneumolabError(f"Unknown model {cfg!r}: use model=mlp, model=cnn, model=resnet or model=custom.")
 
 
-def check_model(cfg: ModelConfig, in_shape: tuple[int, int, int], n_outputs: int) -> None:
-    """Fail before training, with one paragraph, on a model that cannot be built or gives the wrong shape."""
+def check_model(cfg: ModelConfig, in_shape: tuple[int, int, int], n_outputs: int, batch_size: int | None = None) -> None:
+    """Fail before training, with one paragraph, on a model that cannot be built (e.g. images too small for
+    the CNN's pooling stages), gives the wrong shape, does not fit its model.weights file, or has BatchNorm
+    layers and batches of one image."""
+    model = build_model(cfg, in_shape, n_outputs)
     if isinstance(cfg, CustomModelConfig):
-        check_output_shape(build_model(cfg, in_shape, n_outputs), cfg.target, in_shape, n_outputs)
-    elif isinstance(cfg, CNNConfig):
-        build_model(cfg, in_shape, n_outputs)  # refuses images too small for its pooling stages
+        check_output_shape(model, cfg.target, in_shape, n_outputs)
+    start_from_weights(cfg, [model])
+    if batch_size == 1 and has_batch_norm(model):
+        other_fix = " or model.batch_norm=false" if isinstance(cfg, CNNConfig) else ""
+        raise PneumolabError(
+            f"model={cfg.name} has BatchNorm layers, which cannot learn from a batch of one image, but "
+            f"data.batch_size=1. Use data.batch_size=2 or more{other_fix}."
+        )
+
+
+def start_from_weights(cfg: ModelConfig, modules: list[nn.Module]) -> None:
+    """Load model.weights, when set, into every module (each seed's)."""
+    weights = getattr(cfg, "weights", None)
+    if weights:
+        state = read_state_dict(weights)
+        for module in modules:
+            load_initial_weights(module, state, weights, cfg.name)
+
+
+def has_batch_norm(module: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in module.modules())
 
 
 def build_stack(cfg: ModelConfig, in_shape: tuple[int, int, int], n_outputs: int, seeds: list[int],
@@ -51,6 +80,8 @@ def build_stack(cfg: ModelConfig, in_shape: tuple[int, int, int], n_outputs: int
         modules.append(build_model(cfg, in_shape, n_outputs))
         # The seed's dropout stream continues where its initialisation left the generator.
         states.append(torch.get_rng_state())
+    # Before stacking: StackedMLP copies the seeds' modules into its batched tensors.
+    start_from_weights(cfg, modules)
     randomness = SeedRandomness(seeds, states, device)
     if batched and isinstance(cfg, MLPConfig):
         return StackedMLP(modules, randomness).to(device)

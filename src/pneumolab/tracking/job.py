@@ -13,7 +13,7 @@ if TYPE_CHECKING:
 
 # Per seed and epoch: the columns of metrics.csv after seed and epoch.
 EPOCH_METRICS = tuple(c for c in CSV_COLUMNS if c not in ("seed", "epoch"))
-FIGURES = ("curves.png", "roc.png")
+FIGURES = ("curves.png", "roc.png", "calibration.png")
 WEIGHTS = "model.safetensors"
 # Config keys that say how a job is recorded, not what it trains.
 NOT_PARAMS = ("logger",)
