@@ -102,6 +102,7 @@ def test_augmented_stacked_and_one_by_one_training_agree(toy, model):  # noqa: F
         np.testing.assert_allclose(a.test_scores, b.test_scores, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_augmentation_changes_training_only(toy):  # noqa: F811
     plain = fit(settings(), toy, CPU)
     unchanged = fit(settings(augment=NO_CHANGE), toy, CPU)
@@ -134,6 +135,7 @@ def test_weighted_losses_match_torchs_weighted_losses(name):
     torch.testing.assert_close(ours, expected)
 
 
+@pytest.mark.slow
 def test_balanced_weights_raise_the_rarer_class_recall(toy):  # noqa: F811
     # Make normal images rare in training: a quarter of them kept.
     labels = toy.train.labels.numpy()

@@ -334,6 +334,7 @@ HYDRA_ERRORS = {
 }
 
 
+@pytest.mark.slow
 def test_hydra_composition_errors_exit_2_with_one_paragraph(tmp_path):
     def run(override: str) -> subprocess.CompletedProcess:
         return subprocess.run([*pneumolab_command(), *FAST, override], cwd=tmp_path, env=subprocess_env(),

@@ -56,9 +56,35 @@ def test_one_class_only_gives_no_auc_interval():
     y = np.ones(20, int)
     z = np.linspace(-1, 2, 20)[None]
     result = bootstrap_seed_mean(y, z, (z > 0).astype(int))
-    assert result["test_auc"] == {"boot95_low": None, "boot95_high": None}
+    assert result["test_auc"] == {"boot95_low": None, "boot95_high": None,
+                                  "boot95_note": "no NORMAL test images: the metric is undefined"}
     assert result["test_specificity"]["boot95_low"] is None
-    assert result["test_sensitivity"]["boot95_low"] is not None
+    assert result["test_sensitivity"]["boot95_low"] is not None and result["test_sensitivity"]["boot95_note"] is None
+
+
+@pytest.mark.parametrize("n_normal", [1, 2, 9])
+def test_a_class_with_few_test_images_gets_no_interval_and_a_note(n_normal):
+    """One NORMAL image is drawn on every resample, so its interval would have width zero; a handful give a
+    handful of values. The metrics using that class get a note instead; sensitivity (pneumonia only) keeps its."""
+    y = np.r_[np.zeros(n_normal, int), np.ones(40, int)]
+    z = np.random.default_rng(n_normal).normal(size=(3, y.size)) + (2 * y - 1)
+    result = bootstrap_seed_mean(y, z, (z > 0).astype(int))
+    image = "image" if n_normal == 1 else "images"
+    for metric in METRICS:
+        if metric == "test_sensitivity":
+            assert result[metric]["boot95_note"] is None
+            assert result[metric]["boot95_low"] < result[metric]["boot95_high"]
+        else:
+            assert result[metric] == {"boot95_low": None, "boot95_high": None, "boot95_note":
+                                      f"only {n_normal} NORMAL test {image} (fewer than 10 per class): "
+                                      "too few for a bootstrap interval"}, metric
+
+
+def test_ten_images_per_class_keep_every_interval():
+    y = np.r_[np.zeros(10, int), np.ones(10, int)]
+    z = np.random.default_rng(0).normal(size=(2, 20)) + (2 * y - 1)
+    for metric, stats in bootstrap_seed_mean(y, z, (z > 0).astype(int)).items():
+        assert stats["boot95_note"] is None and stats["boot95_low"] < stats["boot95_high"], metric
 
 
 def test_results_json_carries_the_bootstrap_and_the_ensemble():
@@ -91,3 +117,4 @@ def test_every_seed_diverged_gives_no_ensemble_and_no_interval():
     results = build_results({}, [], runs, np.array([0, 1]), "fake", 1.0, "cpu")
     assert results["ensemble"] is None
     assert results["summary"]["test_acc"]["boot95_low"] is None
+    assert results["summary"]["test_acc"]["boot95_note"] == "no seed without divergence to score the test images"

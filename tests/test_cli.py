@@ -109,9 +109,11 @@ def test_a_single_run_splits_the_seeds_over_cores_without_changing_a_number(tmp_
     assert "device cpu, 1 process" in outputs["one"][2]
     assert outputs["auto"][:2] == outputs["one"][:2]
     # One line covers the job's seeds whichever process trained them, with the same numbers.
-    lines = {name: re.search(r"epoch 2/2 \| (5/5 seeds \| train loss [\d.]+ \| val acc [\d.]+ \([\d.-]+\))",
+    lines = {name: re.search(r"epoch 2/2 \| (5/5 seeds \| train loss [\d.]+ \| val acc \d+\.\d % \(\d+\.\d-\d+\.\d\))",
                              outputs[name][2]) for name in outputs}
     assert lines["auto"] and lines["one"] and lines["auto"].group(1) == lines["one"].group(1)
+    # The job's last line: test accuracy in percent with one decimal, as every number a person reads.
+    assert re.search(r"test acc \d+\.\d ± \d+\.\d % over 5 seeds \(0 diverged\) in [\d.]+ s -> ", outputs["auto"][2])
 
 
 @pytest.mark.slow

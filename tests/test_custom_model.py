@@ -83,6 +83,7 @@ def test_a_model_that_cannot_train_stops_before_training(workdir, target, extra,
     assert not (job / "results.json").exists() and not (job / "metrics.csv").exists()
 
 
+@pytest.mark.slow
 def test_no_target_names_the_key_to_set(workdir):
     proc = run(workdir)
     assert proc.returncode == 2 and "model._target_=mynets.TinyNet" in proc.stderr

@@ -125,8 +125,11 @@ def test_summarize_by_hand():
 
 def test_summarize_ignores_missing_and_handles_small_n():
     assert summarize([0.7, None, float("nan"), 0.8]) == summarize([0.7, 0.8])
-    assert summarize([0.7, None]) == {"mean": 0.7, "std": 0.0, "ci95_low": 0.7, "ci95_high": 0.7, "n": 1,
+    # One value: its spread is unknown, not zero, so neither std nor an interval is given (never 0).
+    assert summarize([0.7, None]) == {"mean": 0.7, "std": None, "ci95_low": None, "ci95_high": None, "n": 1,
                                       "ci95_clipped": False}
+    # Two equal values: a sample std of 0 is measured, and stays 0.
+    assert summarize([0.7, 0.7])["std"] == 0.0
     assert summarize([None, float("nan")]) == {
         "mean": None, "std": None, "ci95_low": None, "ci95_high": None, "n": 0, "ci95_clipped": False,
     }
@@ -244,3 +247,33 @@ def test_power_line_edge_cases():
     assert power_line([0.70, 0.80, 0.75], [0.705, 0.805, 0.755])["seeds_needed"] == pytest.approx(1570, abs=5)
     many = power_line([0.70, 0.72, 0.74, 0.71, 0.73], [0.72, 0.74, 0.76, 0.73, 0.75])  # 2 points, std 1.6
     assert 5 < many["seeds_needed"] < 20 and many["min_detectable"] > 0.02
+
+
+def test_power_lines_compute_the_noncentrality_once_and_equal_a_direct_computation():
+    """The noncentral-t root search depends on the seed counts alone: one grid per process and one value per
+    degrees of freedom serve every comparison of a sweep, with the numbers a direct computation gives."""
+    import itertools
+
+    from scipy.special import nctdtrinc, stdtrit
+
+    from pneumolab import metrics
+
+    metrics._equal_seeds_grid.cache_clear()
+    metrics._noncentrality.cache_clear()
+    rng = np.random.default_rng(3)
+    groups = [list(rng.normal(0.75 + 0.004 * i, 0.01, size)) for i, size in enumerate((5, 5, 3, 5, 4, 3, 5, 5))]
+    for a, b in itertools.combinations(groups, 2):
+        line = power_line(a, b)
+        xa, xb = np.array(a), np.array(b)
+        df = xa.size + xb.size - 2
+        pooled = math.sqrt(((xa.size - 1) * xa.var(ddof=1) + (xb.size - 1) * xb.var(ddof=1)) / df)
+        beta, t = 1 - metrics.POWER, 1 - metrics.ALPHA / 2  # as the module spells them, to the last bit
+        direct = nctdtrinc(df, beta, stdtrit(df, t)) * pooled * np.sqrt(1 / xa.size + 1 / xb.size)
+        n = np.arange(2, metrics.MAX_SEEDS + 1)
+        grid = nctdtrinc(2 * n - 2, beta, stdtrit(2 * n - 2, t)) * pooled * np.sqrt(2 / n)
+        enough = np.flatnonzero(grid <= abs(xa.mean() - xb.mean()))
+        assert line["pooled_std"] == pooled and line["min_detectable"] == float(direct)
+        assert line["seeds_needed"] == (int(n[enough[0]]) if enough.size else None)
+    assert metrics._equal_seeds_grid.cache_info().misses == 1
+    assert metrics._noncentrality.cache_info().misses == len({len(a) + len(b) - 2
+                                                              for a, b in itertools.combinations(groups, 2)})

@@ -11,12 +11,18 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from pneumolab.metric_table import BY_KEY
 from pneumolab.metrics import binary_metrics, roc_curve
 from pneumolab.plots import (
+    SEEDS_LABEL,
+    TEST_MARK_LABEL,
+    TEST_SET_LABEL,
     curves_figure,
     draw_curves,
     draw_summary,
+    evaluated_checkpoints,
     loss_name,
+    metric_axis_label,
     plot_curves,
     plot_curves_grid,
     plot_roc,
@@ -26,6 +32,8 @@ from pneumolab.plots import (
     roc_figure,
     seed_band,
     setting_title,
+    summary_figure,
+    summary_legend,
 )
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -95,20 +103,52 @@ def test_seed_band_skips_nan_and_missing_epochs_without_warnings():
     np.testing.assert_allclose(band.high[4], seed0[4])
 
 
-def test_drawn_mean_lines_equal_numpy_mean():
+def test_drawn_mean_lines_equal_numpy_mean_accuracy_in_percent():
     history = _history()
     fig, (ax_acc, ax_loss) = plt.subplots(1, 2)
     try:
-        draw_curves(ax_acc, ax_loss, history)
-        for ax, metric, title in ((ax_acc, "acc", "model accuracy"), (ax_loss, "loss", "model loss")):
-            assert ax.get_title() == title
+        draw_curves(ax_acc, ax_loss, history, loss="BCE")
+        for ax, metric, title, scale in ((ax_acc, "acc", "accuracy (%)", 100), (ax_loss, "loss", "loss (BCE)", 1)):
+            assert ax.get_title() == ax.get_ylabel() == title  # panels named by their metric and scale
             train_line, val_line = ax.get_lines()
             np.testing.assert_allclose(train_line.get_xdata(), [1, 2, 3, 4, 5, 6])
-            np.testing.assert_allclose(train_line.get_ydata(), _table(history, f"train_{metric}").mean(axis=0))
-            np.testing.assert_allclose(val_line.get_ydata(), _table(history, f"val_{metric}").mean(axis=0))
-            labels = [text.get_text() for text in ax.get_legend().get_texts()]
+            np.testing.assert_allclose(train_line.get_ydata(), scale * _table(history, f"train_{metric}").mean(axis=0))
+            np.testing.assert_allclose(val_line.get_ydata(), scale * _table(history, f"val_{metric}").mean(axis=0))
+            labels = ax.get_legend_handles_labels()[1]
             assert labels[0].startswith("train (mean") and "min–max over 3 seeds" in labels[0]
             assert labels[1].startswith("validation (mean")
+    finally:
+        plt.close(fig)
+
+
+def _test_mark(ax):
+    (mark,) = [c for c in ax.containers if str(c.get_label()).startswith(TEST_MARK_LABEL)]
+    return mark
+
+
+def test_curves_mark_the_test_accuracy_of_the_evaluated_checkpoint():
+    per_seed = [{"test_acc": 0.75, "epochs_run": 6, "best_epoch": 3, "diverged": False},
+                {"test_acc": 0.79, "epochs_run": 6, "best_epoch": 5, "diverged": False},
+                {"test_acc": None, "epochs_run": 2, "best_epoch": 1, "diverged": True}]
+    assert evaluated_checkpoints(per_seed, "last") == [(6, 0.75), (6, 0.79)]  # the diverged seed is left out
+    assert evaluated_checkpoints(per_seed, "best_val") == [(3, 0.75), (5, 0.79)]
+    fig = curves_figure(_history(n_seeds=2), loss="BCE", evaluated=evaluated_checkpoints(per_seed, "last"))
+    try:
+        ax_acc, ax_loss = fig.axes
+        mark = _test_mark(ax_acc)
+        x, y = mark.lines[0].get_data()
+        assert list(x) == [6] and list(y) == pytest.approx([77.0])  # mean test accuracy at the last epoch, in %
+        (bar,) = mark.lines[2]
+        assert np.round(bar.get_segments()[0][:, 1], 6).tolist() == [75.0, 79.0]  # the seeds' range
+        assert mark.get_label() == f"{TEST_MARK_LABEL}, epoch 6: 77.0 % (mean; bar: seeds)"
+        assert mark.get_label() in [t.get_text() for t in fig.legends[0].get_texts()]
+        assert not ax_loss.containers  # the loss panel has no test mark
+    finally:
+        plt.close(fig)
+    fig = curves_figure(_history(n_seeds=2), evaluated=evaluated_checkpoints(per_seed, "best_val"))
+    try:
+        mark = _test_mark(fig.axes[0])
+        assert list(mark.lines[0].get_xdata()) == [4.0] and "epochs 3–5" in mark.get_label()
     finally:
         plt.close(fig)
 
@@ -153,6 +193,28 @@ def test_plot_roc_writes_png(tmp_path):
     _assert_png(tmp_path / "roc.png")
 
 
+def test_roc_draws_the_ensemble_bold_with_its_auc():
+    labels = np.array([0, 0, 0, 1, 1, 1])
+    seeds = [np.array([0.1, 0.6, 0.3, 0.4, 0.9, 0.8]), np.array([0.2, 0.3, 0.7, 0.6, 0.5, 0.9])]
+    rocs = [{"seed": i, **dict(zip(("fpr", "tpr"), roc_curve(labels, s))), "auc": binary_metrics(labels, s, s > 0.5)["auc"]}
+            for i, s in enumerate(seeds)]
+    mean_p = np.mean(seeds, axis=0)
+    fpr, tpr = roc_curve(labels, mean_p)
+    auc = binary_metrics(labels, mean_p, mean_p > 0.5)["auc"]
+    fig = roc_figure(rocs, ensemble={"fpr": fpr, "tpr": tpr, "auc": auc, "n_seeds": 2})
+    try:
+        ax = fig.axes[0]
+        lines = {line.get_label(): line for line in ax.get_lines()}
+        ensemble = lines[f"ensemble: mean P over 2 seeds (AUC {auc:.3f})"]
+        np.testing.assert_allclose(ensemble.get_xdata(), fpr)
+        np.testing.assert_allclose(ensemble.get_ydata(), tpr)
+        seed_widths = [lines[f"seed {r['seed']} (AUC {r['auc']:.3f})"].get_linewidth() for r in rocs]
+        assert ensemble.get_linewidth() >= 2 * max(seed_widths)  # bold
+        assert f"AUC {auc:.3f}" in [t.get_text() for t in ax.get_legend().get_texts()][-2]
+    finally:
+        plt.close(fig)
+
+
 def _point(x, mean, group=None, half=0.02, seeds=()) -> dict:
     low, high = (None, None) if mean is None or half is None else (mean - half, mean + half)
     return {"x": x, "group": group, "mean": mean, "low": low, "high": high, "seeds": list(seeds)}
@@ -182,12 +244,12 @@ def test_plot_summary_categorical_x_and_missing_means(tmp_path):
 
 
 def _drawn_summary(points: list[dict], group_key: str | None = None) -> list[tuple[list, list, list]]:
-    """(tick labels, x, y) of each error-bar line `draw_summary` draws, after checking all y are in view."""
+    """(tick labels, x, y) of each group's means `draw_summary` draws, after checking all y are in view."""
     fig, ax = plt.subplots()
     try:
-        draw_summary(ax, points, x_key="x", group_key=group_key)
+        drawn = draw_summary(ax, points, x_key="x", group_key=group_key)
         ticks = [label.get_text() for label in ax.get_xticklabels()]
-        lines = [(ticks, list(c.lines[0].get_xdata()), list(c.lines[0].get_ydata())) for c in ax.containers]
+        lines = [(ticks, list(g.means.get_xdata()), list(g.means.get_ydata())) for g in drawn]
         low, high = ax.get_ylim()
         for _, _, ys in lines:
             assert all(low < y < high for y in ys)  # every point inside the view
@@ -214,17 +276,81 @@ def test_draw_summary_categorical_groups():
     assert second[1] == [0.0] and second[2] == pytest.approx([72])
 
 
+def _segments(bars) -> list[tuple[float, float]]:
+    """(bottom, top) of each bar of an ErrorbarContainer, rounded."""
+    return [tuple(np.round(s[:, 1], 6)) for s in bars.lines[2][0].get_segments()]
+
+
 def test_draw_summary_bars_are_the_interval_and_seeds_are_dots_on_a_log_axis():
     fig, ax = plt.subplots()
     try:
         points = [_point(32, 0.74, half=0.01, seeds=[0.73, 0.75]), _point(128, 0.80, half=0.03, seeds=[0.78, 0.82, 0.8])]
-        draw_summary(ax, points, x_key="data.batch_size")
+        (group,) = draw_summary(ax, points, x_key="data.batch_size")
         assert ax.get_xscale() == "log"  # batch sizes double: a log axis even over a 4x span
-        (bars,) = ax.containers
-        segments = bars.lines[2][0].get_segments()
-        assert [tuple(np.round(s[:, 1], 6)) for s in segments] == [(73.0, 75.0), (77.0, 83.0)]
-        (dots,) = ax.collections[1:]  # after the error-bar segments: one dot per seed
-        assert np.round(dots.get_offsets()[:, 1], 6).tolist() == [73.0, 75.0, 78.0, 82.0, 80.0]
+        assert _segments(group.seeds_bars) == [(73.0, 75.0), (77.0, 83.0)]
+        assert group.test_set_bars is None  # these points carry no test-set interval
+        assert np.round(group.dots.get_offsets()[:, 1], 6).tolist() == [73.0, 75.0, 78.0, 82.0, 80.0]
+    finally:
+        plt.close(fig)
+
+
+def _with_boot(point: dict, low: float, high: float) -> dict:
+    return {**point, "boot_low": low, "boot_high": high}
+
+
+def test_summary_of_categories_draws_points_without_a_joining_line_and_both_intervals():
+    points = [_with_boot(_point("mlp", 0.863, half=0.006, seeds=[0.86, 0.87, 0.858]), 0.836, 0.889),
+              _with_boot(_point("cnn", 0.883, half=0.009, seeds=[0.88, 0.89, 0.878]), 0.858, 0.907)]
+    reference = [(0.625, "always answering pneumonia (test set): 62.5 %")]
+    fig = summary_figure(points, "model", reference=reference)
+    try:
+        ax = fig.axes[0]
+        for line in ax.get_lines():  # the reference line alone is a line; the means are bare markers
+            assert line.get_linestyle() == "None" or line.get_label() == reference[0][1], line.get_label()
+        (drawn,) = draw_summary(ax, points, "model")  # once more, to inspect what it returns
+        assert drawn.means.get_linestyle() == "None" and drawn.means.get_marker() == "o"
+        assert list(drawn.means.get_xdata()) == [0.0, 1.0] and list(drawn.means.get_ydata()) == pytest.approx([86.3, 88.3])
+        # The seeds interval thick and short, the test-set interval thin, long and capped: each at its ends.
+        assert _segments(drawn.seeds_bars) == [(85.7, 86.9), (87.4, 89.2)]
+        assert _segments(drawn.test_set_bars) == [(83.6, 88.9), (85.8, 90.7)]
+        seeds_width = drawn.seeds_bars.lines[2][0].get_linewidth()[0]
+        test_width = drawn.test_set_bars.lines[2][0].get_linewidth()[0]
+        assert seeds_width >= 3 * test_width and drawn.test_set_bars.lines[1] and not drawn.seeds_bars.lines[1]
+        # Seeds clearly visible: opaque dots of a readable size, one per seed.
+        assert drawn.dots.get_alpha() >= 0.8 and min(drawn.dots.get_sizes()) >= 20
+        assert np.round(drawn.dots.get_offsets()[:, 1], 6).tolist() == [86.0, 87.0, 85.8, 88.0, 89.0, 87.8]
+        # The dashed reference is drawn, labelled and inside the y range; the scale is named.
+        (dashed,) = [line for line in ax.get_lines() if line.get_linestyle() == "--"]
+        assert list(dashed.get_ydata()) == [62.5, 62.5] and dashed.get_label() == reference[0][1]
+        assert ax.get_ylim()[0] < 62.5 < 86 < ax.get_ylim()[1] < 100
+        assert ax.get_ylabel() == "test accuracy (%)"
+        legend = [t.get_text() for t in fig.legends[0].get_texts()]
+        assert legend == [SEEDS_LABEL, TEST_SET_LABEL, "each seed", reference[0][1]]
+    finally:
+        plt.close(fig)
+
+
+def test_summary_of_numbers_keeps_its_line_and_without_a_reference_starts_at_zero():
+    fig, ax = plt.subplots()
+    try:
+        (group,) = draw_summary(ax, [_point(32, 0.74), _point(64, 0.76)], "data.batch_size")
+        assert group.means.get_linestyle() == "-"  # numbers are placed to scale and may read as a trend
+        assert ax.get_ylim()[0] <= 0 < 74  # no reference line: the axis starts at the stated floor, 0 %
+    finally:
+        plt.close(fig)
+
+
+def test_summary_axis_label_follows_the_metric_table():
+    assert metric_axis_label(BY_KEY["test_acc"]) == "test accuracy (%)"
+    assert metric_axis_label(BY_KEY["test_auc"]) == "test AUC (0–1)"
+    assert metric_axis_label(BY_KEY["test_sensitivity"]) == "test sensitivity (%)"
+    assert metric_axis_label(BY_KEY["val_acc"]) == "validation accuracy (%)"
+    fig, ax = plt.subplots()
+    try:
+        drawn = draw_summary(ax, [_point("mlp", 0.73, half=0.01)], "model", percent=False,
+                             reference=[(0.5, "chance: AUC 0.500")])
+        assert list(drawn[0].means.get_ydata()) == [0.73] and ax.get_ylim()[0] < 0.5  # a fraction, not percent
+        assert summary_legend(ax, drawn)[1] == [SEEDS_LABEL, "chance: AUC 0.500"]
     finally:
         plt.close(fig)
 
@@ -281,7 +407,7 @@ def test_curves_title_is_whole_and_inside_the_figure_and_the_loss_is_named():
         ax_acc, ax_loss = fig.axes
         renderer = fig.canvas.get_renderer()
         assert title.get_window_extent(renderer).y0 > ax_acc.title.get_window_extent(renderer).y1  # no overlap
-        assert ax_loss.get_ylabel() == "CE loss" and ax_acc.get_title() == "model accuracy"
+        assert ax_loss.get_ylabel() == "loss (CE)" and ax_acc.get_title() == "accuracy (%)"
         for ax in (ax_acc, ax_loss):
             ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
             assert ticks == [1.0, 2.0]

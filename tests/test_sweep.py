@@ -16,7 +16,7 @@ from hydra.types import RunMode
 from omegaconf import OmegaConf
 from scipy import stats
 
-from pneumolab import points, sweep
+from pneumolab import points, summary_md, sweep
 from pneumolab.cli import config_dir
 from pneumolab.config import register_configs
 from pneumolab.metrics import summarize
@@ -454,3 +454,183 @@ def test_the_end_of_a_large_sweep_names_its_tests_table_instead_of_printing_them
     assert not any(" vs " in line for line in lines)
     assert f"9 comparisons of test accuracy: see the significance table of {tmp_path / 'summary.md'}" in lines
     assert "p (Holm)" in (tmp_path / "summary.md").read_text()
+
+
+# --- comparisons name what really differs: resolved configs, key by key ------------------------
+
+
+def write_run(job_dir: Path, config: dict, overrides: list[str], accs: list[float], aucs: list[float] | None = None,
+              confusion: list | None = None) -> dict:
+    """A run with a resolved config of its own (as `pneumolab experiment=...` writes it)."""
+    results = write_point(job_dir, [], accs)
+    results["overrides"] = overrides
+    for entry, auc in zip(results["per_seed"], aucs or []):
+        entry["test_auc"] = auc
+    for entry in results["per_seed"]:
+        entry["test_confusion"] = confusion
+    results["summary"] = {key: summarize([e[key] for e in results["per_seed"]]) for key in SUMMARY_KEYS
+                          if key in results["per_seed"][0]}
+    results["config"] = config
+    (job_dir / "results.json").write_text(json.dumps(results))
+    return results
+
+
+DEFAULT_RESOLVED = {
+    "model": {"name": "mlp", "hidden_sizes": [128, 128, 128], "dropout": 0.0},
+    "head": {"name": "bce", "class_weights": "none"},
+    "data": {"name": "phantom", "batch_size": 32, "cache_dir": "/home/a/.cache"},
+    "optimizer": {"name": "adam", "lr": 0.001},
+    "scheduler": {"name": "step", "step_size": 10, "gamma": 0.1},
+    "trainer": {"epochs": 30, "seeds": [0, 1, 2], "threads": None},
+    "logger": {"name": "none"},
+    "tag": None,
+}
+
+
+def resolved(**changes) -> dict:
+    config = json.loads(json.dumps(DEFAULT_RESOLVED))
+    for key, value in changes.items():
+        set_in(config, key.replace("__", "."), value)
+    return config
+
+
+def test_an_experiment_that_changes_three_keys_is_three_differences(tmp_path: Path, capsys):
+    write_run(tmp_path / "a", resolved(), [], [0.70, 0.72, 0.71])
+    # experiment=...: head, lr and batch size change; so do labels and things that are no setting.
+    write_run(tmp_path / "b", resolved(head={"name": "ce", "class_weights": "none"}, optimizer__lr=1e-6,
+                                       data__batch_size=128, tag="fig7_ce_combo", trainer__seeds=[0, 1, 2, 3, 4],
+                                       data__cache_dir="/scratch/cache", report_figure={"figure": 7}),
+              ["experiment=report/fig7_ce_combo", "trainer.seeds=5"], [0.80, 0.83, 0.81])
+    summary = sweep.build_summary([tmp_path / "a", tmp_path / "b"])
+    assert summary.swept == ["head", "data.batch_size", "optimizer.lr"]  # not trainer.seeds, tag, cache_dir
+    assert summary.labels == ("experiment", "trainer.seeds")
+    assert summary.comparisons == []
+    sweep.summarize_main([str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "ab")])
+    out = capsys.readouterr().out
+    assert "The two points differ in 3 settings (`head`, `data.batch_size`, `optimizer.lr`), not one" in out
+    assert "exactly one setting" not in out.split("## Significance")[1].split("\n\n")[2]
+    rows = read_csv(tmp_path / "ab" / "summary.csv")
+    assert [(r["experiment"], r["head"], r["optimizer.lr"]) for r in rows] == [
+        ("(not set)", "bce", "0.001"), ("report/fig7_ce_combo", "ce", "1e-06")]
+    # --all-pairs still tests them, naming all three differences.
+    summary = sweep.build_summary([tmp_path / "a", tmp_path / "b"], all_pairs=True)
+    (comparison,) = summary.comparisons
+    assert comparison.differing == ("head", "data.batch_size", "optimizer.lr")
+
+
+def test_exactly_one_resolved_key_differs_whatever_was_typed(tmp_path: Path):
+    # A plain run against an experiment that changes only the head (and its tag): one setting, one test.
+    write_run(tmp_path / "a", resolved(), [], [0.70, 0.72, 0.71])
+    write_run(tmp_path / "b", resolved(head={"name": "ce", "class_weights": "none"}, tag="fig2_ce",
+                                       trainer__seeds=[0, 1, 2, 3]), ["experiment=report/fig2_ce"], [0.74, 0.75, 0.73])
+    summary = sweep.build_summary([tmp_path / "a", tmp_path / "b"])
+    (comparison,) = summary.comparisons
+    assert comparison.differing == ("head",) and summary.swept == ["head"]
+    expected = stats.ttest_ind([0.70, 0.72, 0.71], [0.74, 0.75, 0.73], equal_var=False).pvalue
+    assert comparison.test["p"] == pytest.approx(expected, rel=1e-9)
+
+
+def test_a_config_group_option_is_one_difference_with_the_keys_it_brings(tmp_path: Path):
+    cnn = {"name": "cnn", "channels": [16, 32], "dropout": 0.0}
+    write_run(tmp_path / "0", resolved(), ["model=mlp"], [0.70, 0.72])
+    write_run(tmp_path / "1", resolved(model=cnn), ["model=cnn"], [0.74, 0.75])
+    # The same option with a typed key: that key is a difference of its own.
+    write_run(tmp_path / "2", resolved(model={**cnn, "dropout": 0.5}), ["model=cnn", "model.dropout=0.5"], [0.73, 0.76])
+    summary = sweep.build_summary([tmp_path])
+    assert summary.swept == ["model", "model.dropout"]  # not model.hidden_sizes or model.channels
+    assert [(c.a.job_dir.name, c.b.job_dir.name, c.differing) for c in summary.comparisons] == [
+        ("0", "1", ("model",)), ("1", "2", ("model.dropout",))]  # 0 vs 2: model and dropout, untested
+    assert points.differing_keys(summary.points[0], summary.points[2], summary.swept) == ("model", "model.dropout")
+
+
+# --- every summary metric can be compared: --metric ---------------------------------------------
+
+
+def test_summarize_metric_auc_gives_scipys_welch_p_on_the_per_seed_aucs(tmp_path: Path, capsys):
+    mlp_auc, cnn_auc = [0.861, 0.866, 0.858, 0.870, 0.863], [0.884, 0.889, 0.887, 0.892, 0.884]
+    write_run(tmp_path / "0", resolved(), ["model=mlp"], [0.86, 0.87, 0.86, 0.87, 0.86], mlp_auc)
+    write_run(tmp_path / "1", resolved(model={"name": "cnn", "channels": [16, 32]}), ["model=cnn"],
+              [0.88, 0.87, 0.89, 0.88, 0.88], cnn_auc)
+    sweep.summarize_main([str(tmp_path), "--metric", "test_auc"])
+    markdown = capsys.readouterr().out
+    assert "Welch's t-test over seeds on AUC (`test_auc`;" in markdown
+    (row,) = markdown_rows(markdown, "Significance")
+    expected = stats.ttest_ind(mlp_auc, cnn_auc, equal_var=False).pvalue
+    assert row["comparison"] == "model=mlp vs model=cnn"
+    assert row["difference"] == f"{np.mean(mlp_auc) - np.mean(cnn_auc):+.3f}" == "-0.024"  # a fraction, not pt
+    assert expected < 0.001 and row["p"] == "< 0.001"
+    (comparison,) = sweep.build_summary([tmp_path], metric="test_auc").comparisons
+    assert comparison.test["p"] == pytest.approx(expected, rel=1e-9)
+    line = summary_md.describe_comparison(comparison, tmp_path)
+    assert line.startswith("model=mlp vs model=cnn: AUC -0.024, Welch p < 0.001, significant")
+
+
+@pytest.mark.parametrize("metric", ["test_sensitivity", "test_specificity", "test_balanced_acc"])
+def test_summarize_metric_choices_come_from_the_metric_table(tmp_path: Path, metric: str):
+    write_point(tmp_path / "0", ["head=bce"], [0.70, 0.74])
+    results = json.loads((tmp_path / "0" / "results.json").read_text())
+    assert metric in results["summary"] or metric == "test_balanced_acc"
+    sweep.summarize_main([str(tmp_path), "--metric", metric])
+    assert f"(`{metric}`;" in (tmp_path / "summary.md").read_text()
+
+
+def test_summarize_rejects_an_unknown_metric(tmp_path: Path, capsys):
+    write_point(tmp_path / "0", ["head=bce"], [0.70, 0.74])
+    with pytest.raises(SystemExit) as exc:
+        sweep.summarize_main([str(tmp_path), "--metric", "accuracy"])
+    assert exc.value.code == 2 and "test_auc" in capsys.readouterr().err
+
+
+# --- one unit: percent with one decimal, p-values as p < 0.001 / p = 0.012 ----------------------
+
+
+def test_p_values_read_as_a_person_writes_them():
+    assert summary_md.p_phrase(0.0006) == "p < 0.001" and summary_md.p_phrase(0.0123) == "p = 0.012"
+    assert summary_md.p_phrase(0.0481, "Holm p") == "Holm p = 0.048" and summary_md.p_phrase(None) == "p: no test"
+    assert summary_md.p_text(0.0006) == "< 0.001" and summary_md.p_text(0.5) == "0.500"  # table cells
+    assert summary_md.diff_text("test_acc", 0.0123) == "+1.2 pt" and summary_md.diff_text("test_auc", -0.0234) == "-0.023"
+
+
+def test_the_end_of_sweep_log_line_states_p_without_an_equals_before_less_than(grid: Path, caplog):
+    config = OmegaConf.create({"hydra": {"sweep": {"dir": str(grid)}}})
+    callback = sweep.SweepSummaryCallback()
+    callback.on_multirun_start(config)
+    with caplog.at_level("INFO", logger="pneumolab"):
+        callback.on_multirun_end(config)
+    lines = [r.getMessage() for r in caplog.records if " vs " in r.getMessage()]
+    assert len(lines) == 4
+    pattern = re.compile(r"^.+ vs .+: test accuracy [+-]\d+\.\d pt, Welch p (< 0\.001|= \d\.\d{3})"
+                         r"(, Holm p (< 0\.001|= \d\.\d{3}))?, (not )?significant \(points \d+ and \d+\)$")
+    assert all(pattern.match(line) for line in lines), lines
+    assert not any("= <" in line for line in lines)
+
+
+def test_summary_png_measures_accuracy_against_always_answering_pneumonia(tmp_path: Path, monkeypatch):
+    confusion = [[0, 234], [0, 390]]  # the Kaggle test split: 390 pneumonia of 624
+    write_run(tmp_path / "0", resolved(), ["model=mlp"], [0.76, 0.77], confusion=confusion)
+    write_run(tmp_path / "1", resolved(model={"name": "cnn"}), ["model=cnn"], [0.78, 0.79], confusion=confusion)
+    summary = sweep.build_summary([tmp_path])
+    assert points.all_pneumonia_rate(summary.points[0].results) == pytest.approx(390 / 624)
+    drawn = {}
+    monkeypatch.setattr("pneumolab.plots.plot_summary", lambda plotted, path, *args, **kw: drawn.update(kw, points=plotted))
+    sweep.plot_points(summary, tmp_path)
+    assert drawn["reference"] == [(pytest.approx(0.625), "always answering pneumonia (test set): 62.5 %")]
+    assert [p["x"] for p in drawn["points"]] == ["mlp", "cnn"] and drawn["metric"].key == "test_acc"
+    assert {"boot_low", "boot_high"} <= drawn["points"][0].keys()
+
+
+def test_points_of_many_differences_are_plotted_as_categories_named_by_their_experiment(tmp_path: Path, monkeypatch):
+    settings = {"report/fig1_bce": resolved(),
+                "report/fig4_ce_bs128": resolved(head={"name": "ce"}, data__batch_size=128),
+                "report/fig7_ce_combo": resolved(head={"name": "ce"}, data__batch_size=128, optimizer__lr=1e-6)}
+    for num, (name, config) in enumerate(settings.items()):
+        write_run(tmp_path / str(num), config, [f"experiment={name}"], [0.75 + num / 100, 0.76])
+    summary = sweep.build_summary([tmp_path])
+    assert summary.swept == ["head", "data.batch_size", "optimizer.lr"] and summary.labels == ("experiment",)
+    drawn = {}
+    monkeypatch.setattr("pneumolab.plots.plot_summary",
+                        lambda plotted, path, x_key, *args, **kw: drawn.update(kw, x_key=x_key, points=plotted))
+    sweep.plot_points(summary, tmp_path)
+    assert drawn["x_key"] == "experiment" and [p["x"] for p in drawn["points"]] == list(settings)
+    # fig4 vs fig7 differ in the learning rate alone: the one test.
+    assert [(c.a.job_dir.name, c.b.job_dir.name, c.differing) for c in summary.comparisons] == [("1", "2", ("optimizer.lr",))]

@@ -204,3 +204,17 @@ def test_optuna_search_maximises_mean_validation_accuracy(sweeps):
     rows = read_csv(sweep_dir / "summary.csv")
     assert [float(r["val_acc_mean"]) for r in rows] == pytest.approx(val_means, abs=1e-12)
     assert build_summary([sweep_dir]).search  # summary.png: the objective per trial
+
+
+def test_summarize_metric_auc_on_a_real_sweep_gives_scipys_welch_p(sweeps, tmp_path, capsys):
+    assert sweeps["basic"].wait()[0] == 0
+    sweep_dir = sweeps["basic"].dir
+    bce, ce = ([e["test_auc"] for e in read_results(sweep_dir / num)["per_seed"]] for num in ("0", "1"))
+    (command,) = entry_points(group="console_scripts", name="pneumolab-summarize")
+    command.load()([str(sweep_dir), "--metric", "test_auc", "--out", str(tmp_path)])
+    (row,) = markdown_rows(capsys.readouterr().out, "Significance")
+    assert row["comparison"] == "head=bce vs head=ce"
+    assert row["difference"] == f"{np.mean(bce) - np.mean(ce):+.3f}"  # AUC stays a fraction
+    expected = stats.ttest_ind(bce, ce, equal_var=False).pvalue
+    assert row["p"] == ("< 0.001" if expected < 0.001 else f"{expected:.3f}")
+    assert (tmp_path / "summary.png").is_file() and not (sweep_dir / "summary.md").read_text().count("`test_auc`")

@@ -3,8 +3,10 @@
 The cache folder is data.cache_dir, else $PNEUMOLAB_DATA, else ~/.cache/pneumolab. It holds
 - downloads: `pneumoniamnist*.npz`, the MedMNIST files (data=pneumoniamnist);
 - decoded images: `folder/<key>.npz`, one per image folder, image size, data.resize and file list (data=folder);
-and the temp files of writes that were cut short. Only these are listed or deleted: a cache
-folder pointed at a folder of one's own loses nothing else.
+and the temp files of writes that were cut short. Beside each cached npz, `<name>.source` names
+where it came from (the download's URL; the image folder, image size and data.resize), one
+line per source; `list` shows it. Only these are listed or deleted: a cache folder pointed at
+a folder of one's own loses nothing else.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from pneumolab.config import cache_root
+from pneumolab.files import atomic_write_text
 
 log = logging.getLogger("pneumolab")
 
@@ -28,6 +31,8 @@ KINDS = {
     "downloads": ("PneumoniaMNIST downloads (data=pneumoniamnist)", ("pneumoniamnist*.npz", ".pneumoniamnist*.part")),
     "images": ("decoded images (data=folder)", ("folder/*.npz", "folder/.*.tmp")),
 }
+# Beside a cached npz: where its contents came from.
+SOURCE_SUFFIX = ".source"
 # Above this, every job mentions the cache once at its start.
 LARGE_CACHE_BYTES = 2 * 10**9
 
@@ -77,6 +82,32 @@ def npz_contents(path: Path) -> str:
     return ", ".join(shapes)
 
 
+def source_file(cache_file: Path) -> Path:
+    return cache_file.with_suffix(SOURCE_SUFFIX)
+
+
+def note_source(cache_file: Path, source: str) -> None:
+    """Record beside a cache file where its contents came from (a URL, an image folder).
+
+    Never fails a run: the cache works without the record, and `list` then says it is not recorded.
+    """
+    sidecar = source_file(cache_file)
+    try:
+        known = sidecar.read_text(encoding="utf-8").splitlines() if sidecar.is_file() else []
+        if source not in known:  # copies of one folder (same names, sizes and times) share a cache file
+            atomic_write_text(sidecar, "".join(f"{line}\n" for line in [*known, source]))
+    except (OSError, UnicodeError) as exc:
+        log.debug("could not record the source of %s (%s)", cache_file, exc)
+
+
+def recorded_source(cache_file: Path) -> str:
+    try:
+        sources = [line for line in source_file(cache_file).read_text(encoding="utf-8").splitlines() if line.strip()]
+    except (OSError, UnicodeError):
+        sources = []
+    return f"from {'; '.join(sources)}" if sources else "source not recorded (cached by an older pneumolab)"
+
+
 def list_cache(root: Path) -> str:
     files = cache_files(root)
     lines = [f"pneumolab cache: {root} (moved with $PNEUMOLAB_DATA or data.cache_dir)"]
@@ -84,7 +115,10 @@ def list_cache(root: Path) -> str:
         mine = [f for f in files if f.kind == kind]
         lines.append(f"  {title}: {len(mine)} file{'s' if len(mine) != 1 else ''}, {human_size(sum(f.size for f in mine))}")
         for f in mine:
-            contents = npz_contents(f.path) if f.path.suffix == ".npz" else "left by an interrupted write"
+            if f.path.suffix == ".npz":
+                contents = f"{npz_contents(f.path)}  {recorded_source(f.path)}"
+            else:
+                contents = "left by an interrupted write"
             lines.append(f"    {f.path.relative_to(root)}  {human_size(f.size)}  {f.modified:%Y-%m-%d %H:%M}  {contents}")
     lines.append(f"  total {human_size(sum(f.size for f in files))}; `pneumolab-cache clear` deletes it all")
     return "\n".join(lines)
@@ -94,6 +128,14 @@ def clear_cache(root: Path, kinds: tuple[str, ...]) -> str:
     files = cache_files(root, kinds)
     for f in files:
         f.path.unlink(missing_ok=True)  # a concurrent clear may have got there first
+        if f.path.suffix == ".npz":
+            source_file(f.path).unlink(missing_ok=True)
+    for kind in kinds:  # the records of npz files deleted by hand
+        for pattern in KINDS[kind][1]:
+            if pattern.endswith(".npz"):
+                for sidecar in root.glob(pattern.removesuffix(".npz") + SOURCE_SUFFIX):
+                    if not sidecar.with_suffix(".npz").exists():
+                        sidecar.unlink(missing_ok=True)
     return f"pneumolab cache: deleted {len(files)} file{'s' if len(files) != 1 else ''}, {human_size(sum(f.size for f in files))}, from {root}"
 
 

@@ -81,12 +81,18 @@ def run_job(cfg: DictConfig, job_dir: Path, overrides: list[str], cores: int = 1
     dataset, runs, wall, device = train_job(settings, job_dir, cores)
     results = write_job_outputs(job_dir, config, overrides, settings, dataset, runs, wall, device)
     track_job(settings.logger, job_dir, runs, results)
-    acc = results["summary"]["test_acc"]
-    log.info("test acc %.4f +- %.4f over %d seeds (%d diverged) in %.1f s -> %s",
-             acc["mean"] if acc["n"] else math.nan, acc["std"] if acc["n"] else math.nan,
-             acc["n"], results["n_diverged"], wall, job_dir)
+    log.info("test acc %s over %d seeds (%d diverged) in %.1f s -> %s", mean_std_percent(results["summary"]["test_acc"]),
+             results["summary"]["test_acc"]["n"], results["n_diverged"], wall, job_dir)
     check_some_seed_converged(results, job_dir / RESULTS)
     return results["summary"]["val_acc"]["mean"]
+
+
+def mean_std_percent(stats: dict) -> str:
+    """"86.3 ± 0.5 %": a summary's mean ± std over seeds in percent, one decimal ("–" without a seed)."""
+    mean, std = (stats.get(k) if stats.get("n") else None for k in ("mean", "std"))
+    if mean is None or not math.isfinite(mean):
+        return "–"
+    return f"{100 * mean:.1f} ± {100 * std:.1f} %" if std is not None and math.isfinite(std) else f"{100 * mean:.1f} %"
 
 
 def train_job(settings: Config, job_dir: Path, cores: int):
@@ -117,7 +123,7 @@ def write_job_outputs(job_dir: Path, config: dict, overrides: list[str], setting
     """model.safetensors, metrics.csv, curves.png, roc.png, calibration.png, then results.json (last: done)."""
     from pneumolab.checkpoint import inference_record, save_weights
     from pneumolab.metrics import roc_curve
-    from pneumolab.plots import loss_name, plot_calibration, plot_curves, plot_roc, setting_title
+    from pneumolab.plots import evaluated_checkpoints, loss_name, plot_calibration, plot_curves, plot_roc, setting_title
     from pneumolab.results import build_results, write_metrics_csv, write_results
 
     test_labels = dataset.test.labels.numpy()
@@ -131,17 +137,32 @@ def write_job_outputs(job_dir: Path, config: dict, overrides: list[str], setting
     save_weights(job_dir, runs)
     write_metrics_csv(job_dir, runs)
     plot_curves([{"seed": r.seed, **r.history} for r in runs], job_dir / "curves.png",
-                title=setting_title(config), loss=loss_name(config))
+                title=setting_title(config), loss=loss_name(config),
+                evaluated=evaluated_checkpoints(results["per_seed"], settings.trainer.eval_checkpoint))
     rocs = []
     for run, entry in zip(runs, results["per_seed"]):
         if not run.diverged:
             fpr, tpr = roc_curve(test_labels, run.test_scores)
             rocs.append({"seed": run.seed, "fpr": fpr, "tpr": tpr, "auc": entry["test_auc"]})
-    plot_roc(rocs, job_dir / "roc.png", title=setting_title(config))
+    plot_roc(rocs, job_dir / "roc.png", title=setting_title(config), ensemble=ensemble_roc(runs, results, test_labels))
     plot_calibration(*reliability_curves(runs, results, test_labels), job_dir / "calibration.png",
                      title=setting_title(config))
     write_results(job_dir, results)
     return results
+
+
+def ensemble_roc(runs, results: dict, test_labels) -> dict | None:
+    """What roc.png draws in bold: the ROC curve of the mean probability over the seeds that did not
+    diverge, with the AUC results.json gives the ensemble; None when there is none."""
+    from pneumolab.metrics import ensemble_log_odds, roc_curve
+    from pneumolab.results import converged_outputs
+
+    ensemble = results["ensemble"]
+    if ensemble is None or ensemble.get("test_auc") is None:
+        return None
+    scores, _ = converged_outputs(runs)
+    fpr, tpr = roc_curve(test_labels, ensemble_log_odds(scores))
+    return {"fpr": fpr, "tpr": tpr, "auc": ensemble["test_auc"], "n_seeds": ensemble["n_seeds"]}
 
 
 def reliability_curves(runs, results: dict, test_labels) -> tuple[list[dict], dict | None]:

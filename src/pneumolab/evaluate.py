@@ -96,7 +96,8 @@ def evaluate_point(run_dir: Path, cfg: DataConfig, out_dir: Path | None) -> tupl
     out = (out_dir or run_dir / "eval" / cfg.name) / "eval.json"
     atomic_write_text(out, json.dumps(report, indent=2, allow_nan=False) + "\n")
     acc = report["summary"]["test_acc"]
-    log.info("%s: test acc %.4f +- %.4f (ensemble %.4f) on %s -> %s", run_dir, acc["mean"], acc["std"],
+    spread = "–" if acc["std"] is None else f"{acc['std']:.4f}"  # null with one seed: no spread, never 0
+    log.info("%s: test acc %.4f +- %s (ensemble %.4f) on %s -> %s", run_dir, acc["mean"], spread,
              report["ensemble"]["test_acc"], source, out)
     return out, report
 

@@ -86,6 +86,11 @@ def load_folder(cfg: FolderDataConfig) -> Dataset:
     root = data_root(cfg)
     files = list_images(root)
     images = load_decoded(files, cfg.image_size, cfg.resize, cfg.resolved_cache_dir() / "folder")
+    cache = cfg.resolved_cache_dir() / "folder" / f"{cache_key(files, cfg.image_size, cfg.resize)}.npz"
+    if cache.is_file():  # what `pneumolab-cache list` says it came from
+        from pneumolab.cache import note_source
+
+        note_source(cache, f"{root.absolute()} ({cfg.image_size} px, {cfg.resize})")
     splits = {
         name: Split(torch.from_numpy(images[name][:, None]), torch.tensor([f.label for f in files[name]], dtype=torch.int64))
         for name in SPLITS

@@ -118,7 +118,11 @@ def fetch(cfg: PneumoniaMNISTDataConfig) -> Path:
     """The cached npz for `cfg.size`, downloaded and checked first if it is not there yet."""
     dest = cached_npz(cfg)
     if not dest.is_file():
-        download(cfg.url.format(suffix=size_suffix(cfg.size)), dest, MD5[cfg.size])
+        from pneumolab.cache import note_source
+
+        url = cfg.url.format(suffix=size_suffix(cfg.size))
+        download(url, dest, MD5[cfg.size])
+        note_source(dest, f"{url} (MD5 {MD5[cfg.size]})")  # what `pneumolab-cache list` says it came from
     return dest
 
 

@@ -84,12 +84,12 @@ def terminal_progress(done: int, total: int) -> None:
 def prediction_table(saved: SavedSeeds, names: list[str], log_odds: np.ndarray) -> str:
     probs = 1.0 / (1.0 + np.exp(-log_odds))  # float64: no saturation before |log-odds| ~ 36
     mean = probs.mean(0)
-    spread = probs.std(0, ddof=1) if probs.shape[0] > 1 else np.zeros_like(mean)
+    spread = probs.std(0, ddof=1) if probs.shape[0] > 1 else None  # one seed: no spread (an empty cell), never 0
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(["path", "prob", "std", "label", *(f"seed_{seed}" for seed in saved.models)])
     for i, name in enumerate(names):
-        writer.writerow([name, f"{mean[i]:.9g}", f"{spread[i]:.9g}", CLASSES[int(mean[i] > 0.5)],
+        writer.writerow([name, f"{mean[i]:.9g}", "" if spread is None else f"{spread[i]:.9g}", CLASSES[int(mean[i] > 0.5)],
                          *(f"{p:.9g}" for p in probs[:, i])])
     return out.getvalue()
 

@@ -84,5 +84,6 @@ class EpochReport:
         if losses:
             text += f" | train loss {sum(losses) / len(losses):.3f}"
         if accs:
-            text += f" | val acc {sum(accs) / len(accs):.3f} ({min(accs):.3f}-{max(accs):.3f})"
+            # Percent with one decimal, as every number a person reads; the range is over seeds.
+            text += f" | val acc {100 * sum(accs) / len(accs):.1f} % ({100 * min(accs):.1f}-{100 * max(accs):.1f})"
         return text + f" | {per_epoch:.2f} s/epoch, ETA {per_epoch * (epochs - epoch):.0f} s"

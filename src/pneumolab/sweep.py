@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from pneumolab.files import atomic_open, atomic_write_text
 from pneumolab.metric_table import BY_KEY, METRICS, SUMMARY_KEYS, Metric
 from pneumolab.points import (
-    MANY_POINTS, Comparison, Point, all_pneumonia_rate, compare_points, find_common_settings,
+    MANY_POINTS, NOT_SET, Comparison, Point, all_pneumonia_rate, compare_points, find_common_settings,
     find_differing_settings, find_label_keys, find_points, rank_points,
 )
 from pneumolab.summary_md import describe_comparison, format_markdown, label_point, main_effect, tested_text
@@ -155,11 +155,14 @@ def effect_panels(summary: Summary, finished: list[Point]) -> list[tuple[str, li
     return panels
 
 
-def point_name(point: Point, summary: Summary, out_dir: Path) -> str:
-    """A point on an axis of its own: its label (experiment=...) where exactly one tells points apart, else its folder."""
-    if len(summary.labels) == 1 and point.setting(summary.labels[0]) != "(not set)":
-        return point.setting(summary.labels[0])
-    return label_point(point, out_dir)
+def point_names(points: Sequence[Point], summary: Summary, out_dir: Path) -> tuple[str, list[str]]:
+    """(axis name, names) of points on an axis of their own: their label (experiment=...) where exactly
+    one label tells every point apart, else their folders."""
+    if len(summary.labels) == 1:
+        names = [p.setting(summary.labels[0]) for p in points]
+        if NOT_SET not in names and len(set(names)) == len(names):
+            return summary.labels[0], names
+    return "point", [label_point(p, out_dir) for p in points]
 
 
 def plot_points(summary: Summary, out_dir: Path) -> bool:
@@ -184,10 +187,14 @@ def plot_points(summary: Summary, out_dir: Path) -> bool:
         # One or two swept keys read as a curve (and one line per value of the second);
         # more than that has no natural x axis, so each point gets its own place.
         by_point = len(summary.swept) not in (1, 2)
-        x_key = "point" if by_point else summary.swept[0]
+        if by_point:
+            x_key, xs = point_names(finished, summary, out_dir)
+        else:
+            x_key = summary.swept[0]
+            xs = [parse_number(p.setting(x_key)) for p in finished]
         group_key = summary.swept[1] if len(summary.swept) == 2 else None
-        plotted = [plotted_point(p, point_name(p, summary, out_dir) if by_point else parse_number(p.setting(x_key)),
-                                 p.setting(group_key) if group_key else None, metric.key) for p in finished]
+        plotted = [plotted_point(p, x, p.setting(group_key) if group_key else None, metric.key)
+                   for p, x in zip(finished, xs)]
         name = metric_axis_label(metric).rsplit(" (", 1)[0]
         plot_summary(plotted, path, x_key, group_key, title=f"{name} per point" if by_point else None,
                      metric=metric, reference=reference)
