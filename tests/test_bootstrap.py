@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import csv
 import json
+import subprocess
 
 import numpy as np
 import pytest
@@ -11,6 +13,8 @@ from pneumolab.bootstrap import METRICS, bootstrap_seed_mean, resample_counts, s
 from pneumolab.metrics import binary_metrics
 from pneumolab.results import build_results
 from pneumolab.train import SeedRun
+
+from conftest import pneumolab_command, subprocess_env
 
 
 def fake_outputs(n_seeds: int = 5, n_images: int = 624, seed: int = 0):
@@ -118,3 +122,30 @@ def test_every_seed_diverged_gives_no_ensemble_and_no_interval():
     assert results["ensemble"] is None
     assert results["summary"]["test_acc"]["boot95_low"] is None
     assert results["summary"]["test_acc"]["boot95_note"] == "no seed without divergence to score the test images"
+
+
+@pytest.mark.slow
+def test_one_seed_and_a_tiny_test_set_report_no_spread_and_no_interval_never_zero(tmp_path):
+    """A real sweep of one-seed points on 5 test images per class: results.json holds null std and seeds CI
+    (never 0 or a zero-width interval), null test-set intervals with a note, and every summary reads them."""
+    sweep = tmp_path / "sweep"
+    proc = subprocess.run([*pneumolab_command(), "-m", "data.batch_size=16,32", "trainer.seeds=[0]", "trainer.epochs=1",
+                           "data.limit_per_class=5", f"hydra.sweep.dir={sweep}"], cwd=tmp_path, env=subprocess_env(),
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    console = proc.stdout + proc.stderr
+    assert "± 0.0" not in console and "+- 0.0" not in console and "Logging error" not in console
+    for point in ("0", "1"):
+        summary = json.loads((sweep / point / "results.json").read_text())["summary"]
+        for metric, stats in summary.items():
+            assert stats["n"] == 1 and stats["mean"] is not None, metric
+            assert stats["std"] is None and stats["ci95_low"] is None and stats["ci95_high"] is None, metric
+        assert summary["test_acc"]["boot95_low"] is None and summary["test_acc"]["boot95_note"] == (
+            "only 5 NORMAL and 5 PNEUMONIA test images (fewer than 10 per class): too few for a bootstrap interval")
+        assert summary["test_sensitivity"]["boot95_note"].startswith("only 5 PNEUMONIA test images")
+        assert "boot95_note" not in summary["val_acc"]
+    table = (sweep / "summary.md").read_text()
+    assert "1 seed: no spread" in table and "± 0.0" not in table
+    with open(sweep / "summary.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 2 and all(row["test_acc_std"] == "" and row["test_acc_ci95_low"] == "" for row in rows)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import io
 import logging
 import subprocess
 import sys
@@ -19,9 +21,23 @@ def cache_command() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "pneumolab.cache"]
 
 
+def npz_bytes(**arrays) -> bytes:
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    return buffer.getvalue()
+
+
+# The tests' stand-in for the official 28 px release: pneumolab keeps a download only once its MD5 is the
+# release's, and the cache recognises one by that MD5. The command runs with this file's MD5 as the release's.
+RELEASE = npz_bytes(train_images=np.zeros((10, 28, 28), np.uint8))
+RELEASE_MD5 = hashlib.md5(RELEASE).hexdigest()
+WITH_RELEASE_MD5 = ("import sys; import pneumolab.medmnist as m; m.MD5[28] = sys.argv[1]; "
+                    "from pneumolab.cache import main; sys.exit(main(sys.argv[2:]))")
+
+
 def run(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([*cache_command(), *args], capture_output=True, text=True, env=env or subprocess_env(),
-                          timeout=60)
+    return subprocess.run([sys.executable, "-c", WITH_RELEASE_MD5, RELEASE_MD5, *args], capture_output=True,
+                          text=True, env=env or subprocess_env(), timeout=60)
 
 
 @pytest.fixture
@@ -29,7 +45,7 @@ def cache(tmp_path) -> Path:
     """A cache as pneumolab leaves it: a download, two decoded-image files, a cut-short write, and a user's file."""
     root = tmp_path / "cache"
     (root / "folder").mkdir(parents=True)
-    np.savez(root / "pneumoniamnist.npz", train_images=np.zeros((10, 28, 28), np.uint8))
+    (root / "pneumoniamnist.npz").write_bytes(RELEASE)
     np.savez(root / "folder" / ("a" * 64 + ".npz"), train=np.zeros((7, 28, 28), np.uint8), test=np.zeros((3, 28, 28), np.uint8))
     np.savez(root / "folder" / ("b" * 64 + ".npz"), train=np.zeros((2, 64, 64), np.uint8))
     (root / "folder" / f".{'c' * 64}.npz.0123456789ab.tmp").write_bytes(b"half")
@@ -66,8 +82,50 @@ def test_clear_one_kind_then_everything_keeps_other_files(cache):
 
 
 def test_unknown_command_is_a_usage_error(cache):
-    out = run("--dir", str(cache), "purge")
+    out = subprocess.run([*cache_command(), "--dir", str(cache), "purge"], capture_output=True, text=True,
+                         env=subprocess_env(), timeout=60)
     assert out.returncode == 2 and "invalid choice" in out.stderr
+
+
+def test_clear_never_deletes_a_users_files_that_only_look_like_cache_files(cache):
+    """Only what pneumolab wrote goes: names no user file shares by chance (a 64-digit key, a 12-digit token)
+    and downloads whose content is the official release. A user's own file of a cache name stays, byte for
+    byte, and both commands name it."""
+    users = {
+        "pneumoniamnist.npz": None,  # replaced below by a user's own subset under the release's name
+        "pneumoniamnist_64.npz": npz_bytes(train_images=np.ones((3, 64, 64), np.uint8)),
+        "pneumoniamnist_28.npz": RELEASE,  # the release's bytes, but never a name pneumolab gives it
+        ".pneumoniamnist-notes.part": b"mine",
+        "folder/scan.npz": npz_bytes(x=np.arange(3)),
+        "folder/.scan.npz.tmp": b"mine",
+        "folder/" + "a" * 63 + ".npz": b"mine",  # one digit short of a key
+        "sources/notes.npz.txt": b"mine",
+    }
+    users["pneumoniamnist.npz"] = npz_bytes(train_images=np.full((4, 28, 28), 7, np.uint8))
+    for name, data in users.items():
+        (cache / name).parent.mkdir(parents=True, exist_ok=True)
+        (cache / name).write_bytes(data)
+
+    listed = run("--dir", str(cache), "list")
+    assert listed.returncode == 0, listed.stderr
+    assert "PneumoniaMNIST downloads (data=pneumoniamnist): 0 files" in listed.stdout
+    assert "decoded images (data=folder): 3 files" in listed.stdout
+    (kept_line,) = [line for line in listed.stdout.splitlines() if "pneumolab did not write" in line]
+    assert kept_line.endswith("; clear leaves them")
+    assert all(name in kept_line for name in users if not name.startswith("sources/"))
+
+    out = run("--dir", str(cache), "clear")
+    assert out.returncode == 0, out.stderr
+    assert "deleted 3 files" in out.stdout and "kept 7 files with a cache file's name" in out.stdout
+    for name, data in users.items():
+        assert (cache / name).read_bytes() == data, name
+    assert sorted(p.relative_to(cache).as_posix() for p in cache.rglob("*") if p.is_file()) == sorted(
+        [*users, "notes.txt"])
+
+
+def test_a_download_is_recognised_by_its_md5_not_its_name(cache):
+    out = run("--dir", str(cache), "clear", "--downloads")
+    assert "deleted 1 file," in out.stdout and not (cache / "pneumoniamnist.npz").exists()
 
 
 def test_human_size_uses_decimal_units():

@@ -208,7 +208,7 @@ def test_bad_input_gets_one_paragraph_and_exit_2(trained, tmp_path):
     wrong = dict(results, inference={**results["inference"], "model": {**results["config"]["model"],
                                                                      "hidden_sizes": [64, 64]}})
     (broken / "results.json").write_text(json.dumps(wrong))
-    assert "do not fit the model results.json records" in bad(tmp, broken, image)
+    assert "inference.model is" in bad(tmp, broken, image)  # the edited key named (tests/test_saved_runs.py)
 
     garbage = tmp_path / "images"
     garbage.mkdir()

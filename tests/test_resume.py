@@ -1,10 +1,13 @@
 """A job reuses its directory's results.json only when that file is a results object of the same
-config written by the same pneumolab version; anything else is trained again, and the log says why."""
+config written by the same pneumolab version; a damaged file or an older version's is trained again,
+and the log says why. A finished point of another config is never overwritten: a run or sweep that
+would land on one is refused before anything is written or trained (a sweep folder only grows)."""
 
 from __future__ import annotations
 
 import json
 import logging
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -13,6 +16,9 @@ from hydra import compose, initialize_config_dir
 from pneumolab import __version__
 from pneumolab.cli import config_dir, run_job
 from pneumolab.config import register_configs
+from pneumolab.resume import PointTaken
+
+from conftest import pneumolab_command, subprocess_env
 
 TINY = ["data.limit_per_class=10", "trainer.epochs=2", "trainer.seeds=[0,1]"]
 
@@ -51,12 +57,11 @@ def test_the_same_config_by_the_same_version_is_reused(finished, caplog):
 @pytest.mark.parametrize("replace, reason", [
     (lambda r: edited(r, ["versions", "pneumolab"], "0.0.1"),
      f"was written by pneumolab 0.0.1, this is pneumolab {__version__}"),
-    (lambda r: edited(r, ["config", "trainer", "epochs"], 3), "holds another config (first difference at trainer.epochs)"),
     (lambda r: [r], "holds a JSON list, not a results object"),
     (lambda r: {"config": r["config"], "summary": r["summary"]}, "lacks per_seed, n_diverged, versions"),
     (lambda r: edited(r, ["summary"], {}), "lacks summary.val_acc.mean"),
     (lambda r: "not json", "is not readable JSON"),
-], ids=["older-version", "other-config", "a-list", "missing-keys", "no-summary", "not-json"])
+], ids=["older-version", "a-list", "missing-keys", "no-summary", "not-json"])
 @pytest.mark.slow
 def test_anything_else_is_recomputed_and_the_log_says_why(finished, caplog, replace, reason):
     config = json.loads(finished.read_text())["config"]
@@ -70,3 +75,101 @@ def test_anything_else_is_recomputed_and_the_log_says_why(finished, caplog, repl
     assert fresh["versions"]["pneumolab"] == __version__
     assert fresh["config"] == config
     assert [e["epochs_run"] for e in fresh["per_seed"]] == [2, 2]
+
+
+# --- a finished point of another config is never overwritten ------------------------------------------------
+
+SWEEP = ["trainer.epochs=1", "trainer.seeds=[0,1]", "data.limit_per_class=10"]
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    """Every file under `folder` and its bytes (the directory lock aside: each process that claims it writes it)."""
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file() and p.name != ".pneumolab.lock"}
+
+
+def pneumolab(cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([*pneumolab_command(), *args], cwd=cwd, env=subprocess_env(), capture_output=True,
+                          text=True, timeout=600)
+
+
+def refusal(proc: subprocess.CompletedProcess) -> str:
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("pneumolab: error: "), proc.stderr
+    assert "Traceback" not in proc.stderr and "Launching" not in proc.stderr + proc.stdout
+    return proc.stderr.strip()
+
+
+@pytest.mark.slow
+def test_another_sweep_into_a_used_folder_is_refused_and_can_go_beside_it(tmp_path):
+    sweep = tmp_path / "sweep"
+    first = pneumolab(tmp_path, "-m", "data.batch_size=16,32", *SWEEP, f"hydra.sweep.dir={sweep}")
+    assert first.returncode == 0, first.stderr
+    before = snapshot(sweep)
+    assert {"0/results.json", "0/model.safetensors", "1/results.json", "1/model.safetensors"} <= before.keys()
+
+    # The issue's case: a different sweep would have retrained points 0 and 1 over the finished ones.
+    line = refusal(pneumolab(tmp_path, "-m", "data.batch_size=64,128", *SWEEP, f"hydra.sweep.dir={sweep}"))
+    assert f"The sweep folder {sweep} already holds finished points of another configuration, and 2 of this " \
+           "sweep's 2 jobs would train over them: 0 (first difference at data.batch_size: 16 there, 64 here); " \
+           "1 (first difference at data.batch_size: 32 there, 128 here)." in line
+    assert "'hydra.sweep.subdir=more/${hydra.job.num}'" in line and line.endswith("Nothing was written.")
+    assert snapshot(sweep) == before  # every file, byte for byte: results, weights, .hydra/, summaries
+
+    # A point the new sweep shares with the old one is no conflict: re-running or extending a sweep still works.
+    grown = pneumolab(tmp_path, "-m", "data.batch_size=16,32,48", *SWEEP, f"hydra.sweep.dir={sweep}")
+    assert grown.returncode == 0, grown.stderr
+    assert (grown.stdout + grown.stderr).count("skipped: done") == 2
+    after = snapshot(sweep)
+    # Skipped points keep their outputs; only Hydra's records of the job (.hydra/, the appended log) are new.
+    changed = {k for k, v in before.items() if k.startswith(("0/", "1/")) and after[k] != v}
+    assert changed <= {f"{i}/{name}" for i in (0, 1) for name in (".hydra/config.yaml", ".hydra/hydra.yaml",
+                                                                  ".hydra/overrides.yaml", "cli.log")}, changed
+    assert json.loads(after["2/results.json"])["config"]["data"]["batch_size"] == 48
+
+    # The fix the paragraph gives: the new points in sub-folders of their own, beside the old ones.
+    beside = pneumolab(tmp_path, "-m", "data.batch_size=64,128", *SWEEP, f"hydra.sweep.dir={sweep}",
+                       "hydra.sweep.subdir=more/${hydra.job.num}")
+    assert beside.returncode == 0, beside.stderr
+    final = snapshot(sweep)
+    for key in ("0/results.json", "0/model.safetensors", "1/results.json", "1/model.safetensors"):
+        assert final[key] == before[key], key
+    assert [json.loads(final[f"more/{i}/results.json"])["config"]["data"]["batch_size"] for i in (0, 1)] == [64, 128]
+    assert final["summary.csv"].decode().count("\n") == 1 + 5  # the summary covers all five points
+    again = pneumolab(tmp_path, "-m", "data.batch_size=64,128", *SWEEP, f"hydra.sweep.dir={sweep}",
+                      "hydra.sweep.subdir=more/${hydra.job.num}")
+    assert again.returncode == 0 and (again.stdout + again.stderr).count("skipped: done") == 2, again.stderr
+
+
+@pytest.mark.slow
+def test_a_point_that_failed_may_be_retried_by_another_sweep(tmp_path):
+    sweep = tmp_path / "sweep"
+    failed = pneumolab(tmp_path, "-m", "data.batch_size=0", *SWEEP, f"hydra.sweep.dir={sweep}")
+    assert failed.returncode == 1 and (sweep / "0" / "error.json").is_file() and not (sweep / "0" / "results.json").exists()
+    retried = pneumolab(tmp_path, "-m", "data.batch_size=16", *SWEEP, f"hydra.sweep.dir={sweep}")
+    assert retried.returncode == 0, retried.stderr
+    assert json.loads((sweep / "0" / "results.json").read_text())["config"]["data"]["batch_size"] == 16
+
+
+@pytest.mark.slow
+def test_a_run_into_a_named_directory_holding_another_run_is_refused(tmp_path):
+    job = tmp_path / "run"
+    done = pneumolab(tmp_path, *SWEEP, f"hydra.run.dir={job}")
+    assert done.returncode == 0, done.stderr
+    before = snapshot(job)
+    line = refusal(pneumolab(tmp_path, *SWEEP, "head=ce", f"hydra.run.dir={job}"))
+    assert (f"The run directory {job} already holds the finished results of another configuration (first "
+            'difference at head.name: "bce" there, "ce" here)') in line
+    assert snapshot(job) == before
+    same = pneumolab(tmp_path, *SWEEP, f"hydra.run.dir={job}")
+    assert same.returncode == 0 and "skipped: done" in same.stdout + same.stderr, same.stderr
+
+
+@pytest.mark.slow
+def test_the_job_itself_refuses_a_finished_point_of_another_config(finished):
+    """What a sweeper that picks its points as it goes (Optuna) meets: the job refuses and leaves the files."""
+    before = {p.name: p.read_bytes() for p in finished.parent.iterdir() if p.is_file()}
+    with pytest.raises(PointTaken, match=r"already holds the finished results of another configuration \(first "
+                                         r"difference at trainer\.epochs: 2 there, 3 here\).*never overwrites"):
+        run_in_process(finished.parent, [*TINY, "trainer.epochs=3"])
+    assert {p.name: p.read_bytes() for p in finished.parent.iterdir() if p.is_file()} == before

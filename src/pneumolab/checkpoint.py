@@ -190,6 +190,30 @@ def check_record(record: Any, run_dir: Path) -> dict[str, Any]:
     return record
 
 
+def check_against_results(record: dict[str, Any], results: dict[str, Any], run_dir: Path) -> None:
+    """The entry against the rest of results.json, which records the same facts another way: the config's model
+    and head, the data summary's image shape (and, for folder data, data.resize)."""
+    config = results.get("config") if isinstance(results.get("config"), dict) else {}
+    head = config.get("head", {}).get("name") if isinstance(config.get("head"), dict) else None
+    if head in HEADS and record["head"] != head:
+        raise entry_problem(run_dir, "head", f"is {record['head']!r}, but the run was trained with head={head} "
+                            "(config.head.name)", f'set it back to "{head}"')
+    if isinstance(config.get("model"), dict) and record["model"] != config["model"]:
+        raise entry_problem(run_dir, "model", f"is {json.dumps(record['model'])}, but the run was trained with "
+                            f"{json.dumps(config['model'])} (config.model)", "set it back to config.model")
+    summary = results.get("data_summary")
+    image_shape = summary.get("image_shape") if isinstance(summary, dict) else None
+    if (isinstance(image_shape, list) and len(image_shape) == 2 and all(map(is_int, image_shape))
+            and record["input_shape"][1:] != image_shape):
+        raise entry_problem(run_dir, "input_shape", f"is {record['input_shape']}, but the run was trained on "
+                            f"{image_shape[0]}x{image_shape[1]} px images (data_summary.image_shape)",
+                            f"set it back to {[1, *image_shape]}")
+    data = config.get("data") if isinstance(config.get("data"), dict) else {}
+    if data.get("resize") in RESIZE_MODES and record.get("resize", "squeeze") != data["resize"]:
+        raise entry_problem(run_dir, "resize", f"is {record.get('resize')!r}, but the run was trained with "
+                            f"data.resize={data['resize']}", f'set it back to "{data["resize"]}"')
+
+
 def weights_metadata(path: Path) -> dict[str, str]:
     """The string metadata of a safetensors file ({} when it has none)."""
     try:
@@ -213,6 +237,10 @@ def check_against_weights_record(record: dict[str, Any], metadata: dict[str, str
             raise entry_problem(run_dir, "seeds", f"lists seed{'s' if len(missing) > 1 else ''} "
                                 f"{', '.join(map(str, missing))}, which {weights.name} does not hold (it holds "
                                 f"{', '.join(map(str, held)) or 'none'})", f"set it back to {held}")
+        if sorted(record["seeds"]) != sorted(held):
+            # The file holds exactly the seeds the entry lists: a seed left out would change the ensemble.
+            raise entry_problem(run_dir, "seeds", f"is {record['seeds']}, but {weights.name} holds seeds {held}",
+                                f"set it back to {held}")
     try:
         saved = json.loads(metadata["inference"]) if "inference" in metadata else {}
     except ValueError:
@@ -264,6 +292,7 @@ def load_seeds(run_dir: Path) -> SavedSeeds:
             "and model.safetensors), or re-run its command to train and keep the weights."
         ) from None
     record = check_record(record, run_dir)
+    check_against_results(record, results, run_dir)
     weights = run_dir / record.get("weights", WEIGHTS)
     tensors = read_weights(weights)
     check_against_weights_record(record, weights_metadata(weights), run_dir, weights)

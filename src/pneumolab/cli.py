@@ -210,8 +210,9 @@ def describe_settings(settings: Config) -> str:
     data = f"data={settings.data.name}"
     if getattr(settings.data, "resize", None) and settings.data.name == "folder":
         data += f" resize={settings.data.resize}"
-    parts += [f"optimizer={settings.optimizer.name} lr={settings.optimizer.lr:g}", f"scheduler={settings.scheduler.name}",
-              f"batch {settings.data.batch_size}", f"{trainer.epochs} epochs", f"seeds {seed_text}", data]
+    parts += [f"optimizer={settings.optimizer.name} lr={settings.optimizer.lr:g}",
+              f"scheduler={settings.scheduler.name}", f"batch {settings.data.batch_size}", f"{trainer.epochs} epochs",
+              f"seeds {seed_text}", data]
     return " | ".join(parts)
 
 

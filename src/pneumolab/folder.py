@@ -90,7 +90,7 @@ def load_folder(cfg: FolderDataConfig) -> Dataset:
     if cache.is_file():  # what `pneumolab-cache list` says it came from
         from pneumolab.cache import note_source
 
-        note_source(cache, f"{root.absolute()} ({cfg.image_size} px, {cfg.resize})")
+        note_source(cfg.resolved_cache_dir(), cache, f"{root.absolute()} ({cfg.image_size} px, {cfg.resize})")
     splits = {
         name: Split(torch.from_numpy(images[name][:, None]), torch.tensor([f.label for f in files[name]], dtype=torch.int64))
         for name in SPLITS
@@ -300,11 +300,34 @@ def decode_image(path: Path, size: int, resize: str) -> np.ndarray:
             else:
                 gray = image.convert("L")
             return np.asarray(to_square(gray, size, resize), dtype=np.uint8)
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+    except Image.DecompressionBombError:
+        raise PneumolabError(too_large(path)) from None
+    except (OSError, SyntaxError, ValueError) as exc:
         raise PneumolabError(
             f"Cannot read the image {path} ({type(exc).__name__}: {exc}). It is empty, truncated or not an "
             "image: delete it, or replace it with a readable image file (JPEG, PNG, ...)."
         ) from None
+
+
+def too_large(path: Path) -> str:
+    """The paragraph for an image above the decoder's pixel limit (Pillow's guard against decompression bombs)."""
+    limit = 2 * (Image.MAX_IMAGE_PIXELS or 0)  # Pillow refuses above twice its warning threshold
+    side = int(limit**0.5)
+    previous = Image.MAX_IMAGE_PIXELS
+    try:
+        # Its width and height from the header alone (nothing is decoded), with the guard off for this one look.
+        Image.MAX_IMAGE_PIXELS = None
+        with Image.open(path) as image:
+            width, height = image.size
+        size = f" is {width}x{height} px ({width * height:,} pixels), which is"
+    except Exception:  # noqa: BLE001 - the paragraph goes out without the size
+        size = " is"
+    finally:
+        Image.MAX_IMAGE_PIXELS = previous
+    return (f"The image {path}{size} too large to decode: the limit is {limit:,} pixels (about {side:,}x{side:,} "
+            "px; Pillow's guard against decompression bombs). If it is a real image, shrink it (e.g. `convert "
+            "big.png -resize 2048x2048 small.png`; every image is resized to the run's image size anyway), or move it "
+            "out of the data folder.")
 
 
 def to_square(image: Image.Image, size: int, resize: str) -> Image.Image:

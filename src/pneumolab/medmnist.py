@@ -122,7 +122,7 @@ def fetch(cfg: PneumoniaMNISTDataConfig) -> Path:
 
         url = cfg.url.format(suffix=size_suffix(cfg.size))
         download(url, dest, MD5[cfg.size])
-        note_source(dest, f"{url} (MD5 {MD5[cfg.size]})")  # what `pneumolab-cache list` says it came from
+        note_source(cfg.resolved_cache_dir(), dest, f"{url} (MD5 {MD5[cfg.size]})")  # what `pneumolab-cache list` says it came from
     return dest
 
 

@@ -6,6 +6,11 @@ launcher then raises on the first such job, so the sweep ends without a summary 
 other points finished. This launcher waits for every job and writes each dead job's
 error.json with the state SLURM gives it (from sacct), so the summary lists it as a failed
 point, the sweep exits 1, and re-running the same command trains only what is missing.
+
+A sweep SLURM does not take (no sbatch/srun on PATH, the controller unreachable, a submission
+sbatch refuses, or jobs queued with a pending reason that never clears, e.g. more CPUs than a
+node has) ends with one paragraph naming the cause and the fix, exit 2; queued jobs are
+cancelled and the sweep folder is left as it was (pneumolab.rundir.undo_start).
 """
 
 from __future__ import annotations
@@ -13,8 +18,10 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import re
 import shutil
 import signal
+import subprocess
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -34,24 +41,39 @@ ADVICE = {
 }
 
 
+# How to fix a request SLURM cannot meet, per key of hydra.launcher.
+FIXES = {
+    "partition": "use a partition that `sinfo -s` lists (hydra.launcher.partition=NAME), or "
+                 "hydra.launcher.partition=null for the cluster's default",
+    "cpus_per_task": "lower hydra.launcher.cpus_per_task to at most the CPUs of one node (`sinfo -o '%P %c'` shows "
+                     "them)",
+    "mem_gb": "lower hydra.launcher.mem_gb to what a node has (`sinfo -o '%P %m'` shows it in MB)",
+    "timeout_min": "lower hydra.launcher.timeout_min to the partition's time limit (`sinfo -o '%P %l'` shows it)",
+    "gpus_per_node": "set hydra.launcher.gpus_per_node=0, or pick a partition with GPUs "
+                     "(hydra.launcher.partition=NAME; `sinfo -o '%P %G'` shows them)",
+    None: "check hydra.launcher's settings against what the cluster offers (`sinfo -o '%P %c %m %G %l'`), "
+          "or ask the cluster's admins",
+}
 # What sbatch says when it refuses a submission (SLURM 20-23), and the key of hydra.launcher to change.
 REFUSALS = (
-    (("invalid partition",), "partition",
-     "use a partition that `sinfo -s` lists (hydra.launcher.partition=NAME), or hydra.launcher.partition=null "
-     "for the cluster's default"),
-    (("cpu count per node", "more processors requested", "cpus per task"), "cpus_per_task",
-     "lower hydra.launcher.cpus_per_task to at most the CPUs of one node (`sinfo -o '%P %c'` shows them)"),
-    (("memory specification", "mem-per-"), "mem_gb",
-     "lower hydra.launcher.mem_gb to what a node has (`sinfo -o '%P %m'` shows it in MB)"),
-    (("time limit",), "timeout_min",
-     "lower hydra.launcher.timeout_min to the partition's time limit (`sinfo -o '%P %l'` shows it)"),
-    (("gres", "gpu"), "gpus_per_node",
-     "set hydra.launcher.gpus_per_node=0, or pick a partition with GPUs (hydra.launcher.partition=NAME; "
-     "`sinfo -o '%P %G'` shows them)"),
-    (("requested node configuration is not available",), "cpus_per_task",
-     "no node has what the jobs ask for: lower hydra.launcher.cpus_per_task, mem_gb or gpus_per_node "
-     "(`sinfo -o '%P %c %m %G'` shows what the nodes have)"),
+    (("invalid partition",), "partition"),
+    (("cpu count per node", "more processors requested", "cpus per task"), "cpus_per_task"),
+    (("memory specification", "mem-per-"), "mem_gb"),
+    (("time limit",), "timeout_min"),
+    (("gres", "gpu"), "gpus_per_node"),
 )
+# squeue's reasons for a pending job that never starts unless the job or the cluster changes: with
+# EnforcePartLimits=NO (SLURM's default) sbatch queues a job that asks for more than a partition
+# allows, and the sweep would wait forever. Also every (QOS|Assoc)Max...PerJob... limit.
+NEVER_STARTS = {
+    "PartitionConfig": "they ask for more than the partition's nodes or limits allow",
+    "PartitionNodeLimit": "they ask for more nodes than the partition allows",
+    "PartitionTimeLimit": "they ask for a longer time limit than the partition allows",
+    "BadConstraints": "no node meets their constraints",
+    "InvalidQOS": "their QOS is not valid",
+    "InvalidAccount": "their account is not valid",
+}
+PER_JOB_LIMIT = re.compile(r"^(QOS|Assoc)Max\w*PerJob\w*$")
 UNREACHABLE = ("unable to contact slurm controller", "connection refused", "socket timed out",
                "slurm_persist_conn_open", "zero bytes were transmitted")
 SETTINGS = ("partition", "cpus_per_task", "mem_gb", "gpus_per_node", "timeout_min")
@@ -84,16 +106,70 @@ def submission_refused(said: str, params: Any) -> Exception:
             "cluster's admins, or on the one-node cluster of this repository run `sudo scripts/local_slurm.sh "
             "start`), then run the same command again; or run the sweep on this machine without "
             "hydra/launcher=slurm. Nothing was submitted.")
-    key, fix = next(((key, fix) for needles, key, fix in REFUSALS if any(n in lowered for n in needles)),
-                    (None, None))
-    asked = ", ".join(f"{name}={params.get(name)}" for name in SETTINGS if name in params)
-    if fix is None:
-        fix = ("check hydra.launcher's settings against what the cluster offers (`sinfo -o '%P %c %m %G %l'`), "
-               "or ask the cluster's admins")
-    setting = f" (hydra.launcher.{key}={params.get(key)})" if key in params else ""
+    key = next((key for needles, key in REFUSALS if any(n in lowered for n in needles)), None)
+    if key is None and "requested node configuration is not available" in lowered:
+        key = beyond_every_node(params)
+    setting = f" (hydra.launcher.{key}={typed(params.get(key))})" if key in params else ""
     return PneumolabError(
-        f"SLURM refused the sweep's jobs{setting}: {quoted}. To fix it, {fix}; then run the same command "
-        f"again. The jobs asked for {asked}; none was submitted.")
+        f"SLURM refused the sweep's jobs{setting}: {quoted}. To fix it, {FIXES[key]}; then run the same command "
+        f"again. The jobs asked for {asked_for(params)}; none was submitted.")
+
+
+def asked_for(params: Any) -> str:
+    return ", ".join(f"{name}={typed(params.get(name))}" for name in SETTINGS if name in params)
+
+
+def typed(value: Any) -> str:
+    """A value as it is typed in an override: null, not None."""
+    return "null" if value is None else str(value)
+
+
+def squeue_reasons(job_id: str) -> set[str]:
+    try:
+        out = subprocess.run(["squeue", "-h", "-j", job_id, "-t", "PD", "-o", "%r"], capture_output=True, text=True,
+                             timeout=60, stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.SubprocessError):
+        return set()  # no answer: the sweep waits as it always did
+    return set(out.stdout.split()) if out.returncode == 0 else set()
+
+
+def beyond_every_node(params: Any) -> str | None:
+    """The key of hydra.launcher that asks for more than any node of the partition has (sinfo), if one does."""
+    try:
+        out = subprocess.run(["sinfo", "-h", "-o", "%P %c %m"], capture_output=True, text=True, timeout=60,
+                             stdin=subprocess.DEVNULL).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    partition, cpus, memory = params.get("partition"), [], []
+    for line in out.splitlines():
+        fields = line.split()
+        ours = fields and (fields[0].rstrip("*") == partition or (partition is None and fields[0].endswith("*")))
+        if len(fields) < 3 or not ours:
+            continue
+        cpus.append(int(re.sub(r"\D.*", "", fields[1]) or 0))
+        memory.append(int(re.sub(r"\D.*", "", fields[2]) or 0))
+    if cpus and (params.get("cpus_per_task") or 1) > max(cpus):
+        return "cpus_per_task"
+    if memory and (params.get("mem_gb") or 0) * 1024 > max(memory):
+        return "mem_gb"
+    return None
+
+
+def never_starting(job_id: str, params: Any) -> Exception | None:
+    """A paragraph when SLURM queued the jobs with a pending reason that never clears, else None."""
+    from pneumolab.errors import PneumolabError
+
+    stuck = sorted(reason for reason in squeue_reasons(job_id) if reason in NEVER_STARTS or PER_JOB_LIMIT.match(reason))
+    if not stuck:
+        return None
+    reason = stuck[0]
+    key = {"PartitionTimeLimit": "timeout_min"}.get(reason) or beyond_every_node(params)
+    setting = f"; hydra.launcher.{key}={typed(params.get(key))}" if key in params else ""
+    meaning = NEVER_STARTS.get(reason, "they ask for more than a per-job limit of the account or QOS allows")
+    return PneumolabError(
+        f"SLURM queued the sweep's jobs but can never start them: they wait with reason {reason} ({meaning}{setting}). "
+        f"To fix it, {FIXES[key]}; then run the same command again. The jobs asked for {asked_for(params)}; "
+        f"they were cancelled (job {job_id}).")
 
 
 class SlurmLauncher(SubmititSlurmLauncher):
@@ -134,6 +210,12 @@ class SlurmLauncher(SubmititSlurmLauncher):
                                           list(numbers), [f"job_id_for_{n}" for n in numbers], [state] * len(numbers))
         except (FailedJobError, OSError) as exc:
             raise submission_refused(str(exc) or said.getvalue(), self.params) from None
+        array_id = str(jobs[0].job_id).split("_")[0]
+        stuck = never_starting(array_id, self.params)
+        if stuck is not None:
+            with contextlib.suppress(OSError, subprocess.SubprocessError):
+                subprocess.run(["scancel", array_id], capture_output=True, timeout=60, stdin=subprocess.DEVNULL)
+            raise stuck
         return [self.collect(job, list(overrides), number)
                 for job, overrides, number in zip(jobs, job_overrides, numbers)]
 
