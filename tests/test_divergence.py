@@ -68,7 +68,8 @@ def test_a_job_whose_every_seed_diverged_fails_but_keeps_its_results(tmp_path):
     assert [entry["diverged"] for entry in results["per_seed"]] == [True, True]
     assert results["n_diverged"] == 2
     assert results["summary"]["test_acc"] == {"mean": None, "std": None, "ci95_low": None, "ci95_high": None, "n": 0,
-                                              "ci95_clipped": False, "boot95_low": None, "boot95_high": None}
+                                              "ci95_clipped": False, "boot95_low": None, "boot95_high": None,
+                                              "boot95_note": "no seed without divergence to score the test images"}
     assert results["ensemble"] is None
     assert (job / "calibration.png").is_file()  # the diagonal alone: no seed to draw
 

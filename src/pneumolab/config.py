@@ -489,7 +489,7 @@ class Config:
         # model=custom has no schema (its constructor takes any keys), so it arrives as a plain dict.
         if isinstance(self.model, dict):
             _require(self.model.get("name") == "custom", "model.name", self.model.get("name"),
-                     "choose the model with model=mlp, model=cnn or model=custom.")
+                     MODEL_CHOICE)
             self.model = CustomModelConfig.from_dict(self.model)
 
 

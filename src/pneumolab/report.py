@@ -126,8 +126,9 @@ def run_sweep(overrides: list[str], sweep_dir: Path, typed_paths: Sequence[str] 
         "wall_seconds": round(time.perf_counter() - start, 1),
         "returncode": returncode,
     }
-    sweep_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(sweep_dir / RUN_RECORD, json.dumps(record, indent=2) + "\n")
+    if returncode != 2:  # 2: refused before any job ran, so the record of the runs there stays theirs
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(sweep_dir / RUN_RECORD, json.dumps(record, indent=2) + "\n")
     return returncode
 
 

@@ -59,6 +59,10 @@ def main(argv: list[str] | None = None) -> int:
         overrides = sweep_overrides(sweep_dir, args.data, args.root, args.epochs, args.seeds,
                                     args.launcher, args.jobs, args.overrides)
         returncode = run_sweep(overrides, sweep_dir, [args.root] if args.root else [])
+        if returncode == 2:
+            # Refused before any job ran (its one paragraph is out), e.g. OUT/runs holds finished runs of other
+            # settings: REPORT.md and the record of those runs are left as they are.
+            return 2
     if not has_jobs(sweep_dir):
         print(f"pneumolab-report: no job finished or failed in {sweep_dir}: nothing to report.", file=sys.stderr)
         return returncode or 1
