@@ -173,3 +173,20 @@ def test_the_job_itself_refuses_a_finished_point_of_another_config(finished):
                                          r"difference at trainer\.epochs: 2 there, 3 here\).*never overwrites"):
         run_in_process(finished.parent, [*TINY, "trainer.epochs=3"])
     assert {p.name: p.read_bytes() for p in finished.parent.iterdir() if p.is_file()} == before
+
+
+@pytest.mark.slow
+def test_a_search_that_picks_points_as_it_goes_leaves_a_finished_point_untouched(tmp_path):
+    """Optuna's points cannot be listed ahead: the job that lands on another config's finished point refuses
+    there, the search records it as a failed trial and goes on, and the old point's files stay."""
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    sweep = tmp_path / "search"
+    done = pneumolab(tmp_path, *SWEEP, "data.batch_size=7", f"hydra.run.dir={sweep / '0'}")
+    assert done.returncode == 0, done.stderr
+    before = {name: (sweep / "0" / name).read_bytes() for name in ("results.json", "model.safetensors")}
+    proc = pneumolab(tmp_path, "-m", "hparams_search=optuna", "hydra.sweeper.n_trials=2", *SWEEP,
+                     f"hydra.sweep.dir={sweep}")
+    assert proc.returncode == 1, proc.stderr
+    assert f"failed: {sweep / '0'} already holds the finished results of another configuration" in proc.stdout + proc.stderr
+    assert {name: (sweep / "0" / name).read_bytes() for name in before} == before
+    assert (sweep / "1" / "results.json").is_file()  # the search went on

@@ -231,7 +231,8 @@ def clear_cache(root: Path, kinds: tuple[str, ...]) -> str:
         (root / SOURCES).rmdir()
     except OSError:  # not there, or still records files of the kind not cleared
         pass
-    deleted = f"pneumolab cache: deleted {len(files)} file{'s' if len(files) != 1 else ''}, {human_size(sum(f.size for f in files))}, from {root}"
+    deleted = (f"pneumolab cache: deleted {len(files)} file{'s' if len(files) != 1 else ''}, "
+               f"{human_size(sum(f.size for f in files))}, from {root}")
     foreign = not_pneumolabs(root, kinds)
     return f"{deleted}; kept {describe_not_pneumolabs(root, foreign)}" if foreign else deleted
 

@@ -131,9 +131,9 @@ def entry_problem(run_dir: Path, key: str, problem: str, fix: str | None = None)
     results = run_dir / "results.json"
     fix = fix or "restore the file from a copy"
     return RecordProblem(
-        f"{results}: inference{'.' + key if key else ''} {problem}. The entry was edited or damaged, and the saved seeds cannot be "
-        f"applied as they were trained. Fix: {fix}, or re-run the job's command (the same overrides) to train and "
-        "write the run again."
+        f"{results}: inference{'.' + key if key else ''} {problem}. The entry was edited or damaged, and the saved "
+        f"seeds cannot be applied as they were trained. Fix: {fix}, or re-run the job's command (the same "
+        "overrides) to train and write the run again."
     )
 
 
@@ -260,7 +260,8 @@ def check_tensors(run_dir: Path, weights: Path, seed: int, state: dict[str, torc
     expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}
     found = {name: tuple(t.shape) for name, t in state.items()}
     if found != expected:
-        name = next((n for n in expected if found.get(n) != expected[n]), None) or next(n for n in found if n not in expected)
+        name = (next((n for n in expected if found.get(n) != expected[n]), None)
+                or next(n for n in found if n not in expected))
         there = "missing" if name not in found else "x".join(map(str, found[name])) or "a scalar"
         wanted = "absent" if name not in expected else "x".join(map(str, expected[name])) or "a scalar"
         suspects = "inference.model, inference.head or inference.input_shape"
@@ -280,7 +281,7 @@ def check_tensors(run_dir: Path, weights: Path, seed: int, state: dict[str, torc
 
 
 def load_seeds(run_dir: Path) -> SavedSeeds:
-    """The run's saved seeds, checked against results.json's entry, or one paragraph saying what is missing or broken."""
+    """The run's saved seeds, checked against results.json's entry; else one paragraph saying what is wrong."""
     results_path = run_dir / "results.json"
     try:
         results = json.loads(results_path.read_text(encoding="utf-8"))
