@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import fnmatch
 import logging
-import math
 import os
 import re
 import sys
@@ -22,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from pneumolab.config import Config, register_configs, to_settings
 from pneumolab.errors import PneumolabError
+from pneumolab.metric_table import mean_std_percent
 from pneumolab.exits import handled
 from pneumolab.rundir import undo_start  # also registers ${pneumolab_unique:} before Hydra resolves a directory
 from pneumolab.extras import require_extras_for_arguments
@@ -85,14 +85,6 @@ def run_job(cfg: DictConfig, job_dir: Path, overrides: list[str], cores: int = 1
              results["summary"]["test_acc"]["n"], results["n_diverged"], wall, job_dir)
     check_some_seed_converged(results, job_dir / RESULTS)
     return results["summary"]["val_acc"]["mean"]
-
-
-def mean_std_percent(stats: dict) -> str:
-    """"86.3 ± 0.5 %": a summary's mean ± std over seeds in percent, one decimal ("–" without a seed)."""
-    mean, std = (stats.get(k) if stats.get("n") else None for k in ("mean", "std"))
-    if mean is None or not math.isfinite(mean):
-        return "–"
-    return f"{100 * mean:.1f} ± {100 * std:.1f} %" if std is not None and math.isfinite(std) else f"{100 * mean:.1f} %"
 
 
 def train_job(settings: Config, job_dir: Path, cores: int):

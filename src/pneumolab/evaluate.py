@@ -25,6 +25,7 @@ from pneumolab.checkpoint import SavedSeeds, load_seeds
 from pneumolab.config import DataConfig
 from pneumolab.errors import PneumolabError
 from pneumolab.files import atomic_open, atomic_write_text
+from pneumolab.metric_table import mean_std_percent
 from pneumolab.predict import fail, resize_u8, tool_arguments
 from pneumolab.results import RESULTS, build_ensemble, build_summary, seed_entry
 from pneumolab.train import SeedRun
@@ -96,9 +97,8 @@ def evaluate_point(run_dir: Path, cfg: DataConfig, out_dir: Path | None) -> tupl
     out = (out_dir or run_dir / "eval" / cfg.name) / "eval.json"
     atomic_write_text(out, json.dumps(report, indent=2, allow_nan=False) + "\n")
     acc = report["summary"]["test_acc"]
-    spread = "–" if acc["std"] is None else f"{acc['std']:.4f}"  # null with one seed: no spread, never 0
-    log.info("%s: test acc %.4f +- %s (ensemble %.4f) on %s -> %s", run_dir, acc["mean"], spread,
-             report["ensemble"]["test_acc"], source, out)
+    log.info("%s: test acc %s (ensemble %.1f %%) on %s -> %s", run_dir, mean_std_percent(acc),
+             100 * report["ensemble"]["test_acc"], source, out)
     return out, report
 
 

@@ -6,6 +6,7 @@ Kept free of numpy and torch: reading a sweep's summary should not pay for them.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 
@@ -44,3 +45,11 @@ METRICS = (
 SUMMARY_KEYS = tuple(m.key for m in METRICS)
 TEST_SET_KEYS = tuple(m.key for m in METRICS if m.test_set)
 BY_KEY = {m.key: m for m in METRICS}
+
+
+def mean_std_percent(stats: dict) -> str:
+    """"86.3 ± 0.5 %": a summary's mean ± std over seeds in percent, one decimal ("–" without a seed)."""
+    mean, std = (stats.get(k) if stats.get("n") else None for k in ("mean", "std"))
+    if mean is None or not math.isfinite(mean):
+        return "–"
+    return f"{100 * mean:.1f} ± {100 * std:.1f} %" if std is not None and math.isfinite(std) else f"{100 * mean:.1f} %"
