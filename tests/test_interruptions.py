@@ -105,6 +105,9 @@ def check_whole_files(folder: Path) -> None:
         elif path.suffix == ".png":
             with Image.open(path) as image:
                 image.verify()
+        elif path.suffix == ".txt" and path.parent.name == "sources":  # where a cache file came from
+            lines = path.read_text(encoding="utf-8").splitlines()
+            assert lines and all(line.strip() for line in lines) and path.read_text().endswith("\n"), path
         else:
             raise AssertionError(f"unexpected file {path}")
 

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import safetensors.torch
 import pytest
 from PIL import Image
 
@@ -143,7 +144,10 @@ def square_and_wide(image: Path, out_dir: Path) -> tuple[Path, Path]:
 def older_run(job: Path, results: dict, dst: Path) -> Path:
     """The run as pneumolab wrote it before data.resize existed: no `resize` anywhere in results.json."""
     dst.mkdir()
-    (dst / "model.safetensors").write_bytes((job / "model.safetensors").read_bytes())
+    # Older runs' weights carry no copy of the inference entry in their metadata either.
+    tensors = safetensors.torch.load_file(job / "model.safetensors")
+    seeds = ",".join(map(str, results["seeds"]))
+    safetensors.torch.save_file(tensors, dst / "model.safetensors", metadata={"seeds": seeds})
     data = {k: v for k, v in results["config"]["data"].items() if k != "resize"}
     inference = {k: v for k, v in results["inference"].items() if k != "resize"}
     (dst / "results.json").write_text(json.dumps({**results, "config": {**results["config"], "data": data},
