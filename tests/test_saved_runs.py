@@ -106,9 +106,10 @@ CASES = {  # name: (edit, the words of the paragraph)
     "model-key-added": (lambda r: r["inference"]["model"].__setitem__("bogus", 1), "inference.model is {"),
     "model-missing": (lambda r: r["inference"].pop("model"), "inference.model is missing"),
     "not-an-object": (lambda r: r.__setitem__("inference", [1]), "inference is a JSON list, not an object"),
-    # Edited together with the rest of results.json: the copy in the weights' metadata still tells.
+    # Edited together with the rest of results.json: the weights' shapes still tell.
     "head-and-config-edited": (lambda r: (set_key("head", "ce")(r), r["config"]["head"].__setitem__("name", "ce")),
-                               'inference.head is "ce", but model.safetensors was saved with "bce"'),
+                               "does not describe the network model.safetensors holds: its tensor "
+                               "seed_0/linears.3.weight is 1x128 there but 2x128 in the model this entry builds"),
 }
 
 

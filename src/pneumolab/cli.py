@@ -126,7 +126,7 @@ def write_job_outputs(job_dir: Path, config: dict, overrides: list[str], setting
     resize = getattr(settings.data, "resize", "center_crop")
     results["inference"] = inference_record(config["model"], settings.head.name, dataset.image_shape, resize,
                                             dataset.pixel_stats(), runs)
-    save_weights(job_dir, runs, results["inference"])
+    save_weights(job_dir, runs)
     write_metrics_csv(job_dir, runs)
     plot_curves([{"seed": r.seed, **r.history} for r in runs], job_dir / "curves.png",
                 title=setting_title(config), loss=loss_name(config),
