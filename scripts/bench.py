@@ -29,14 +29,15 @@ from torch import nn
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from pneumolab.cli import configure_torch  # noqa: E402
 from pneumolab.config import (  # noqa: E402
-    AdamConfig, BasicAugmentConfig, CNNConfig, Config, CustomModelConfig, HeadConfig, MLPConfig, NoAugmentConfig,
-    PhantomDataConfig, StepSchedulerConfig, TrainerConfig,
+    AdamConfig, BasicAugmentConfig, Config, HeadConfig, ModelConfig, NoAugmentConfig, PhantomDataConfig,
+    StepSchedulerConfig, TrainerConfig, built_in_model,
 )
-from pneumolab.data import Dataset, load_data  # noqa: E402
-from pneumolab.report import RUN_RECORD  # noqa: E402
-from pneumolab.train import fit, seed_processes  # noqa: E402
+from pneumolab.data.dataset import Dataset  # noqa: E402
+from pneumolab.data.load import load_data  # noqa: E402
+from pneumolab.models.mlp import MLP  # noqa: E402
+from pneumolab.analysis.report import RUN_RECORD  # noqa: E402
+from pneumolab.engine.train import configure_torch, fit, seed_processes  # noqa: E402
 from pneumolab.cores import usable_cores  # noqa: E402
 
 SEEDS = [0, 1, 2, 3, 4]
@@ -94,12 +95,19 @@ def plain_loop_seconds_per_seed_epoch(dataset: Dataset, batch_size: int, epochs:
 
 # The report's MLP again, but as model=custom trains any nn.Module: one module per seed.
 # recipe/cnn_aug's model (conf/experiment/recipe/cnn_aug.yaml).
-RECIPE_CNN = CNNConfig(channels=[16, 32, 64], convs_per_block=2, batch_norm=True, global_pool=True, dropout=0.3)
-CUSTOM_MLP = CustomModelConfig(target="pneumolab.models.mlp.MLP", options={"hidden_sizes": [128, 128, 128]})
+RECIPE_CNN = built_in_model("cnn", channels=[16, 32, 64], convs_per_block=2, batch_norm=True, global_pool=True,
+                            dropout=0.3)
+
+
+class CustomMLP(MLP):
+    """A user's class that happens to be the MLP: not the MLP class itself, so not stacked."""
+
+
+CUSTOM_MLP = ModelConfig(target="__main__.CustomMLP", options={"hidden_sizes": [128, 128, 128]})
 
 
 def settings(batch_size: int, epochs: int, model=None, augment=None, **trainer) -> Config:
-    return Config(model=model or MLPConfig(), head=HeadConfig("ce"), data=PhantomDataConfig(batch_size=batch_size),
+    return Config(model=model or built_in_model("mlp"), head=HeadConfig("ce"), data=PhantomDataConfig(batch_size=batch_size),
                   optimizer=AdamConfig(), scheduler=StepSchedulerConfig(), augment=augment or NoAugmentConfig(),
                   trainer=TrainerConfig(epochs=epochs, seeds=SEEDS, **trainer))
 
@@ -243,7 +251,7 @@ def main() -> None:
         "stacked32": lambda: pneumolab_seconds_per_seed_epoch(dataset, 32, args.epochs, processes=1),
         "ours32": lambda: pneumolab_seconds_per_seed_epoch(dataset, 32, args.epochs),
         "stacked128": lambda: pneumolab_seconds_per_seed_epoch(dataset, 128, args.epochs, processes=1),
-        "cnn32": lambda: pneumolab_seconds_per_seed_epoch(dataset, 32, args.epochs, CNNConfig()),
+        "cnn32": lambda: pneumolab_seconds_per_seed_epoch(dataset, 32, args.epochs, built_in_model("cnn")),
         "custom32": lambda: pneumolab_seconds_per_seed_epoch(dataset, 32, args.epochs, CUSTOM_MLP),
         "augment32": lambda: pneumolab_seconds_per_seed_epoch(dataset, 32, args.epochs, augment=BasicAugmentConfig()),
         "sgemm": lambda: 1 / single_core_sgemm_flops(),
@@ -295,7 +303,7 @@ def main() -> None:
             warm = folder_load_seconds(args.root, cache, 28)
             rows.append((f"folder {args.root.name} at 28 px, first load (decode)", f"{cold:.2f} s"))
             rows.append(("  second load (cache)", f"{warm:.2f} s  (target < 2 s)"))
-            total, largest = peak_memory([sys.executable, "-m", "pneumolab.cli", "data=folder",
+            total, largest = peak_memory([sys.executable, "-m", "pneumolab.cli.main", "data=folder",
                                           f"data.root={args.root}", "data.image_size=224", f"data.cache_dir={cache}",
                                           "trainer.epochs=1", f"hydra.run.dir={tmp / 'run224'}"], cwd=tmp)
             rows.append((f"peak memory of a 224 px folder run (5 seeds, {processes} process{'es' * (processes > 1)})",

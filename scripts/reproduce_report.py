@@ -1,8 +1,8 @@
 #!/usr/bin/env python
-"""Reproduce the course report; the same as the installed `pneumolab-report` (see pneumolab.reproduce)."""
+"""Reproduce the course report; the same as the installed `pneumolab-report` (see pneumolab.cli.reproduce)."""
 import sys
 
-from pneumolab.reproduce import main
+from pneumolab.cli.reproduce import main
 
 if __name__ == "__main__":
     sys.exit(main())

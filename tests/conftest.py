@@ -87,7 +87,7 @@ def copy_tiny_xray(src: Path, dst: Path, per_class: int) -> Path:
 def pneumolab_command() -> list[str]:
     """The installed console script of the interpreter running the tests."""
     script = Path(sys.executable).parent / "pneumolab"
-    return [str(script)] if script.exists() else [sys.executable, "-m", "pneumolab.cli"]
+    return [str(script)] if script.exists() else [sys.executable, "-m", "pneumolab.cli.main"]
 
 
 def subprocess_env() -> dict[str, str]:
@@ -135,7 +135,7 @@ def compose_config() -> Callable[..., DictConfig]:
     """
     from hydra import compose, initialize_config_dir
 
-    from pneumolab.cli import config_dir
+    from pneumolab.config import config_dir
     from pneumolab.config import register_configs
 
     register_configs()
@@ -157,8 +157,8 @@ class ComposedJob:
 @pytest.fixture
 def run_composed(compose_config, tmp_path, restore_torch_state) -> Callable[..., ComposedJob]:
     """run(*overrides): compose the config, then run one job in-process on one core
-    (pneumolab.cli.run_job) into a fresh folder under tmp_path."""
-    from pneumolab.cli import run_job
+    (pneumolab.cli.main.run_job) into a fresh folder under tmp_path."""
+    from pneumolab.cli.main import run_job
 
     jobs = itertools.count()
 

@@ -8,10 +8,10 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from pneumolab.augment import DRAWS, Augmenter, jitter_intensity, sampling_grid
-from pneumolab.config import BasicAugmentConfig, CNNConfig, HeadConfig, TrainerConfig
-from pneumolab.heads import balanced_class_weights, make_head
-from pneumolab.train import fit
+from pneumolab.engine.augment import DRAWS, Augmenter, jitter_intensity, sampling_grid
+from pneumolab.config import BasicAugmentConfig, HeadConfig, TrainerConfig, built_in_model
+from pneumolab.engine.heads import balanced_class_weights, make_head
+from pneumolab.engine.train import fit
 
 from test_train import same_numbers, settings, toy  # noqa: F401 - toy is a fixture
 
@@ -90,7 +90,7 @@ def test_augmented_seeds_keep_their_bits_in_any_grouping_and_process(toy, head):
     assert same_numbers(together, run([0, 1, 2, 3, 4]))  # the same command, the same bits
 
 
-@pytest.mark.parametrize("model", [None, CNNConfig(channels=[4, 8])], ids=["mlp", "cnn"])
+@pytest.mark.parametrize("model", [None, built_in_model("cnn", channels=[4, 8])], ids=["mlp", "cnn"])
 @pytest.mark.slow
 def test_augmented_stacked_and_one_by_one_training_agree(toy, model):  # noqa: F811
     extra = {"model": model} if model else {}

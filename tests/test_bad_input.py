@@ -24,7 +24,8 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from conftest import pneumolab_command, subprocess_env
-from pneumolab.cli import config_dir, run_job
+from pneumolab.cli.main import run_job
+from pneumolab.config import config_dir
 from pneumolab.config import register_configs
 from pneumolab.errors import PneumolabError
 from test_cli import copy_tiny_xray

@@ -9,10 +9,10 @@ import subprocess
 import numpy as np
 import pytest
 
-from pneumolab.bootstrap import METRICS, bootstrap_seed_mean, resample_counts, seed_mean_metrics
-from pneumolab.metrics import binary_metrics
-from pneumolab.results import build_results
-from pneumolab.train import SeedRun
+from pneumolab.record.bootstrap import METRICS, bootstrap_seed_mean, resample_counts, seed_mean_metrics
+from pneumolab.record.metrics import binary_metrics
+from pneumolab.record.results import build_results
+from pneumolab.record.seed_run import SeedRun
 
 from conftest import pneumolab_command, subprocess_env
 
@@ -95,7 +95,7 @@ def test_results_json_carries_the_bootstrap_and_the_ensemble():
     y, z, pred = fake_outputs(n_seeds=3)
     runs = [SeedRun(seed=s, val_acc=0.8, epochs_run=2, test_scores=z[s], test_predictions=pred[s]) for s in range(3)]
     runs.append(SeedRun(seed=3, diverged=True, epochs_run=1))
-    results = build_results({}, [], runs, y, "fake", 1.0, "cpu")
+    results = build_results({}, [], runs, y, {"source": "fake", "summary": {}}, {}, 1.0, "cpu")
     json.dumps(results, allow_nan=False)
     acc = results["summary"]["test_acc"]
     assert acc["n"] == 3 and acc["boot95_low"] < acc["mean"] < acc["boot95_high"]
@@ -118,7 +118,7 @@ def test_results_json_carries_the_bootstrap_and_the_ensemble():
 
 def test_every_seed_diverged_gives_no_ensemble_and_no_interval():
     runs = [SeedRun(seed=0, diverged=True), SeedRun(seed=1, diverged=True)]
-    results = build_results({}, [], runs, np.array([0, 1]), "fake", 1.0, "cpu")
+    results = build_results({}, [], runs, np.array([0, 1]), {"source": "fake", "summary": {}}, {}, 1.0, "cpu")
     assert results["ensemble"] is None
     assert results["summary"]["test_acc"]["boot95_low"] is None
     assert results["summary"]["test_acc"]["boot95_note"] == "no seed without divergence to score the test images"

@@ -13,12 +13,13 @@ import numpy as np
 import pytest
 
 from conftest import subprocess_env
-from pneumolab.cache import LARGE_CACHE_BYTES, human_size, mention_large_cache
+from pneumolab.data.cache import LARGE_CACHE_BYTES, mention_large_cache
+from pneumolab.files import human_size
 
 
 def cache_command() -> list[str]:
     script = Path(sys.executable).parent / "pneumolab-cache"
-    return [str(script)] if script.exists() else [sys.executable, "-m", "pneumolab.cache"]
+    return [str(script)] if script.exists() else [sys.executable, "-m", "pneumolab.data.cache"]
 
 
 def npz_bytes(**arrays) -> bytes:
@@ -31,8 +32,8 @@ def npz_bytes(**arrays) -> bytes:
 # release's, and the cache recognises one by that MD5. The command runs with this file's MD5 as the release's.
 RELEASE = npz_bytes(train_images=np.zeros((10, 28, 28), np.uint8))
 RELEASE_MD5 = hashlib.md5(RELEASE).hexdigest()
-WITH_RELEASE_MD5 = ("import sys; import pneumolab.medmnist as m; m.MD5[28] = sys.argv[1]; "
-                    "from pneumolab.cache import main; sys.exit(main(sys.argv[2:]))")
+WITH_RELEASE_MD5 = ("import sys; import pneumolab.data.medmnist as m; m.MD5[28] = sys.argv[1]; "
+                    "from pneumolab.data.cache import main; sys.exit(main(sys.argv[2:]))")
 
 
 def run(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -130,7 +131,7 @@ def test_a_download_is_recognised_by_its_md5_not_its_name(cache):
 
 def test_human_size_uses_decimal_units():
     assert [human_size(n) for n in (0, 999, 1000, 4_900_000_000, 12_345_000_000_000)] == [
-        "0 B", "999 B", "1.0 kB", "4.9 GB", "12345.0 GB"]
+        "0 bytes", "999 bytes", "1.0 kB", "4.9 GB", "12.3 TB"]
 
 
 def test_a_large_cache_is_mentioned_in_one_log_line(tmp_path, caplog):

@@ -11,9 +11,9 @@ from scipy.special import expit
 from sklearn.calibration import calibration_curve
 from sklearn.metrics import balanced_accuracy_score, brier_score_loss
 
-from pneumolab.metric_table import METRICS, SUMMARY_KEYS, TEST_SET_KEYS
-from pneumolab.metrics import ECE_BINS, binary_metrics, calibration_bin, ensemble_log_odds, reliability_curve
-from pneumolab.plots import calibration_figure, plot_calibration, with_gaps
+from pneumolab.record.metric_table import METRICS, SUMMARY_KEYS, TEST_SET_KEYS
+from pneumolab.record.metrics import ECE_BINS, binary_metrics, calibration_bin, ensemble_log_odds, reliability_curve
+from pneumolab.outputs.plots import calibration_figure, plot_calibration, with_gaps
 
 EDGES = np.linspace(0.0, 1.0, ECE_BINS + 1)
 

@@ -151,7 +151,7 @@ def test_bad_input_gives_one_clear_message_and_no_results(tmp_path, overrides, n
 
 
 def test_a_glob_over_the_report_subfolder_names_all_eight_settings():
-    from pneumolab.cli import expand_nested_group_globs
+    from pneumolab.cli.main import expand_nested_group_globs
 
     args = expand_nested_group_globs(["-m", "experiment=glob(report/*)", "head=glob(*)", "data.batch_size=32"])
     assert args[0] == "-m" and args[2:] == ["head=glob(*)", "data.batch_size=32"]

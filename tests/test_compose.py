@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from pneumolab.cli import config_dir
+from pneumolab.config import config_dir
 from test_experiment_configs import SPEC_TABLE
 
 ACCURACIES = ("test_acc", "val_acc", "test_sensitivity", "test_specificity", "test_balanced_acc")

@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pneumolab.folder import decode_images, list_images
-from pneumolab.medmnist import read_npz
+from pneumolab.data.folder import decode_images, list_images
+from pneumolab.data.medmnist import read_npz
 from test_cli import copy_tiny_xray
 from test_medmnist import md5_of, write_npz
 
@@ -43,7 +43,7 @@ def wait_for_the_others():
 BUILD_FOLDER_CACHE = BARRIER + """
 import hashlib, json
 from pneumolab.config import FolderDataConfig
-from pneumolab.folder import load_folder
+from pneumolab.data.folder import load_folder
 
 root, cache = sys.argv[3:5]
 wait_for_the_others()
@@ -55,7 +55,7 @@ print(json.dumps({"found": found, "digest": digest}))
 
 DOWNLOAD = BARRIER + """
 import json
-from pneumolab.medmnist import download, read_npz
+from pneumolab.data.medmnist import download, read_npz
 
 url, dest, md5 = sys.argv[3:6]
 wait_for_the_others()

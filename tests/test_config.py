@@ -5,9 +5,9 @@ from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 from omegaconf.errors import ConfigKeyError
 
-from pneumolab.cli import config_dir
+from pneumolab.config import config_dir
 from pneumolab.config import (
-    AdamConfig, FolderDataConfig, MLPConfig, PhantomDataConfig, StepSchedulerConfig, register_configs, to_settings,
+    AdamConfig, FolderDataConfig, PhantomDataConfig, StepSchedulerConfig, register_configs, to_settings,
 )
 from pneumolab.errors import PneumolabError
 
@@ -20,8 +20,8 @@ def compose_settings(*overrides: str):
 
 def test_defaults_match_the_spec():
     s = compose_settings()
-    assert isinstance(s.model, MLPConfig) and s.model.hidden_sizes == [128, 128, 128]
-    assert s.model.negative_slope == 0.01 and s.model.dropout == 0.0
+    assert s.model.name == "mlp" and s.model.target == "pneumolab.models.mlp.MLP"
+    assert s.model.options == {"hidden_sizes": [128, 128, 128], "negative_slope": 0.01, "dropout": 0.0}
     assert s.head.name == "bce"
     assert isinstance(s.data, PhantomDataConfig) and s.data.batch_size == 32 and s.data.limit_per_class is None
     assert isinstance(s.optimizer, AdamConfig) and s.optimizer.lr == 1e-3

@@ -54,7 +54,8 @@ def test_the_deterministic_switch_leaves_cpu_numbers_unchanged(tmp_path, restore
 CONFIGURE_TORCH = """
 import os, sys, torch
 from hydra import compose, initialize_config_dir
-from pneumolab.cli import config_dir, configure_torch
+from pneumolab.config import config_dir
+from pneumolab.engine.train import configure_torch
 from pneumolab.config import register_configs, to_settings
 
 def subnormals_flushed():

@@ -18,10 +18,11 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from conftest import pneumolab_command, subprocess_env
-from pneumolab.cli import config_dir, run_job
+from pneumolab.cli.main import run_job
+from pneumolab.config import config_dir
 from pneumolab.config import register_configs
 from pneumolab.errors import PneumolabError
-from pneumolab.medmnist import download
+from pneumolab.data.medmnist import download
 from test_cli import copy_tiny_xray
 from test_medmnist import md5_of, write_npz
 

@@ -10,9 +10,9 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig
 
-from pneumolab.cli import config_dir
+from pneumolab.config import config_dir
 from pneumolab.config import register_configs, to_settings
-from pneumolab.report import report_experiments
+from pneumolab.analysis.report import report_experiments
 
 # SPEC, "Reproducing the report": id -> (head, batch size, StepLR step, lr, report's accuracy).
 BASE_LR = 1e-3

@@ -8,11 +8,11 @@ import pytest
 import torch
 from PIL import Image
 
-from pneumolab import folder
+from pneumolab.data import folder
 from pneumolab.config import FolderDataConfig
-from pneumolab.data import load_data
+from pneumolab.data.load import load_data
 from pneumolab.errors import PneumolabError
-from pneumolab.folder import load_folder
+from pneumolab.data.folder import load_folder
 
 SHARED_XRAY = Path(__file__).resolve().parents[2] / "shared/data/chest_xray"
 
@@ -269,7 +269,7 @@ def test_hidden_entries_are_skipped_and_counted_in_the_log(xray, cache, caplog):
     shutil.copyfile(next((xray / "train" / "NORMAL").glob("*.jpeg")),
                     xray / "train" / "NORMAL" / ".ipynb_checkpoints" / "copy.jpeg")
     (xray / "test" / "PNEUMONIA" / ".DS_Store").write_bytes(b"Bud1")
-    with caplog.at_level("INFO", logger="pneumolab.folder"):
+    with caplog.at_level("INFO", logger="pneumolab.data.folder"):
         data = load_folder(cfg_for(xray))
     assert len(data.train) + len(data.val) == 16
     assert "Skipped 2 hidden file(s) or folder(s)" in caplog.text

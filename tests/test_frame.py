@@ -13,7 +13,7 @@ import pytest
 import pneumolab
 from conftest import subprocess_env
 from pneumolab.errors import PneumolabError
-from pneumolab.frame import NoResultsError, flatten
+from pneumolab.analysis.frame import NoResultsError, flatten
 from test_sweep_cli import Sweep, start_sweep
 
 pd = pytest.importorskip("pandas")

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from pneumolab.heads import BCEHead, CEHead, make_head, predict
+from pneumolab.engine.heads import BCEHead, CEHead, make_head, predict
 
 
 def test_bce_loss_log_odds_and_prediction_by_hand():

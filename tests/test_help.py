@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 
 import pneumolab
 from conftest import pneumolab_command, subprocess_env
-from pneumolab.cli import config_dir
+from pneumolab.config import config_dir
 from pneumolab.config import register_configs
 
 KEY_LINE = re.compile(r"^  ([a-z_]+\.[a-z_.]+)=(\S+)\s+(.*)$")

@@ -27,10 +27,10 @@ from PIL import Image
 
 from conftest import pneumolab_command, subprocess_env
 from pneumolab.files import ABANDONED_AFTER_S, atomic_write_text
-from pneumolab.results import CSV_COLUMNS
+from pneumolab.record.results import CSV_COLUMNS
 
 pytestmark = pytest.mark.slow  # runs and sweeps stopped by signals
-from pneumolab.rundir import LOCK_NAME
+from pneumolab.cli.rundir import LOCK_NAME
 from test_cli import copy_tiny_xray
 
 EPOCH_LINE = re.compile(r"epoch \d+/\d+")

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from pneumolab.config import FolderDataConfig
-from pneumolab.folder import load_folder
+from pneumolab.data.folder import load_folder
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "make_tiny_subset.py"
 SHARED_XRAY = Path(__file__).resolve().parents[2] / "shared/data/chest_xray"

@@ -8,10 +8,10 @@ import pytest
 import torch
 from PIL import Image
 
-from pneumolab import medmnist
+from pneumolab.data import medmnist
 from pneumolab.config import PneumoniaMNISTDataConfig
 from pneumolab.errors import PneumolabError
-from pneumolab.medmnist import download, load_pneumoniamnist, plan_pneumoniamnist
+from pneumolab.data.medmnist import download, load_pneumoniamnist, plan_pneumoniamnist
 
 SIZES = {"train": 20, "val": 6, "test": 8}
 

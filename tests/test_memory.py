@@ -13,9 +13,9 @@ import subprocess
 import pytest
 
 from conftest import pneumolab_command, subprocess_env
-from pneumolab import guards
+from pneumolab.cli import guards
 from pneumolab.config import PhantomDataConfig
-from pneumolab.data import load_data, plan_data
+from pneumolab.data.load import load_data, plan_data
 
 
 @pytest.mark.slow

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from pneumolab.metrics import (
+from pneumolab.record.metrics import (
     binary_metrics, ensemble_log_odds, holm, power_line, roc_curve, summarize, weighted_auc, welch_ttest,
 )
 
@@ -256,7 +256,7 @@ def test_power_lines_compute_the_noncentrality_once_and_equal_a_direct_computati
 
     from scipy.special import nctdtrinc, stdtrit
 
-    from pneumolab import metrics
+    from pneumolab.record import metrics
 
     metrics._equal_seeds_grid.cache_clear()
     metrics._noncentrality.cache_clear()

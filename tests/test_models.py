@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -18,21 +19,20 @@ from safetensors.torch import save_file
 from torch import nn
 
 from conftest import copy_tiny_xray, pneumolab_command, subprocess_env
-from pneumolab.checkpoint import load_seeds, save_weights
-from pneumolab.config import CNNConfig, MLPConfig, ResNetConfig, TrainerConfig
-from pneumolab.data import Dataset
+from pneumolab.outputs.checkpoint import load_seeds, save_weights
+from pneumolab.config import TrainerConfig, built_in_model
+from pneumolab.data.dataset import Dataset
 from pneumolab.errors import PneumolabError
-from pneumolab.extras import require_extras_for_arguments
-from pneumolab.metrics import binary_metrics
+from pneumolab.record.metrics import binary_metrics
 from pneumolab.models import build_model, build_stack, check_model
-from pneumolab.train import SeedOptimizers, fit
+from pneumolab.engine.train import SeedOptimizers, fit
 from test_bad_input import run_in_process
 from test_predict import read_csv
 from test_predict import run as run_tool
 from test_train import MODERN_CNN, settings, toy_split
 
 CPU = torch.device("cpu")
-RESNET = ResNetConfig()
+RESNET = built_in_model("resnet")
 
 
 @pytest.fixture(autouse=True)
@@ -52,10 +52,10 @@ def kinds(model: nn.Module, kind: type) -> list[nn.Module]:
 
 
 def test_cnn_options_build_the_layers_they_name():
-    plain = build_model(CNNConfig(channels=[4, 8]), (1, 28, 28), 1)
+    plain = build_model(built_in_model("cnn", channels=[4, 8]), (1, 28, 28), 1)
     assert len(kinds(plain, nn.Conv2d)) == 2 and not kinds(plain, nn.BatchNorm2d)
     assert plain.classifier.in_features == 8 * 7 * 7  # flattened
-    modern = build_model(replace(MODERN_CNN, channels=[4, 8, 16]), (1, 28, 28), 1)
+    modern = build_model(replace(MODERN_CNN, options={**MODERN_CNN.options, "channels": [4, 8, 16]}), (1, 28, 28), 1)
     convs = kinds(modern, nn.Conv2d)
     assert [c.out_channels for c in convs] == [4, 4, 8, 8, 16, 16]
     assert len(kinds(modern, nn.BatchNorm2d)) == 6 and all(c.bias is None for c in convs)
@@ -82,7 +82,7 @@ def count_steps(monkeypatch) -> list[int]:
     return steps
 
 
-@pytest.mark.parametrize("model, steps_per_epoch", [(CNNConfig(channels=[4, 8]), 2), (MODERN_CNN, 1), (RESNET, 1)],
+@pytest.mark.parametrize("model, steps_per_epoch", [(built_in_model("cnn", channels=[4, 8]), 2), (MODERN_CNN, 1), (RESNET, 1)],
                          ids=["cnn", "cnn-bn", "resnet"])
 @pytest.mark.slow
 def test_a_last_batch_of_one_image_is_left_out_with_batch_norm_only(toy, monkeypatch, model, steps_per_epoch):
@@ -99,7 +99,7 @@ def test_a_last_batch_of_one_image_is_left_out_with_batch_norm_only(toy, monkeyp
 def test_batch_norm_models_refuse_batches_of_one_image():
     with pytest.raises(PneumolabError, match=r"model=cnn has BatchNorm .* data\.batch_size=1\. Use data\.batch_size=2"):
         check_model(MODERN_CNN, (1, 28, 28), 1, batch_size=1)
-    check_model(CNNConfig(), (1, 28, 28), 1, batch_size=1)
+    check_model(built_in_model("cnn"), (1, 28, 28), 1, batch_size=1)
 
 
 @pytest.mark.parametrize("checkpoint", ["last", "best_val"])
@@ -170,7 +170,7 @@ def save_state(state: dict[str, torch.Tensor], path: Path) -> Path:
 
 
 @pytest.mark.parametrize("suffix", [".safetensors", ".pt"])
-@pytest.mark.parametrize("model", [MLPConfig(hidden_sizes=[16, 8]), MODERN_CNN, RESNET], ids=["mlp", "cnn-bn", "resnet"])
+@pytest.mark.parametrize("model", [built_in_model("mlp", hidden_sizes=[16, 8]), MODERN_CNN, RESNET], ids=["mlp", "cnn-bn", "resnet"])
 def test_model_weights_start_every_seed_from_the_file(tmp_path, model, suffix):
     torch.manual_seed(99)
     source = build_model(model, (1, 8, 8), 1)
@@ -203,11 +203,11 @@ def test_weights_files_that_are_missing_unreadable_or_no_state_dict_are_refused(
     torch.save({"state_dict": {"w": torch.zeros(1)}, "epoch": 3}, tmp_path / "checkpoint.pt")
     assert "not a state dict" in refusal(MODERN_CNN, tmp_path / "checkpoint.pt")
     other = save_state(build_model(MODERN_CNN, (1, 8, 8), 2).state_dict(), tmp_path / "cnn.safetensors")
-    message = refusal(MLPConfig(), other)
+    message = refusal(built_in_model("mlp"), other)
     assert "missing: linears.0.weight, linears.0.bias, linears.1.weight and 5 more; unexpected: features." in message
-    run_file = save_state({f"seed_0/{k}": v for k, v in build_model(MLPConfig(), (1, 8, 8), 2).state_dict().items()},
+    run_file = save_state({f"seed_0/{k}": v for k, v in build_model(built_in_model("mlp"), (1, 8, 8), 2).state_dict().items()},
                           tmp_path / "model.safetensors")
-    assert "pneumolab run's model.safetensors" in refusal(MLPConfig(), run_file)
+    assert "pneumolab run's model.safetensors" in refusal(built_in_model("mlp"), run_file)
 
 
 def run_cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
@@ -223,7 +223,7 @@ def one_paragraph(proc: subprocess.CompletedProcess) -> str:
 
 @pytest.mark.slow
 def test_a_weights_file_of_another_shape_exits_2_with_one_paragraph(tmp_path):
-    narrow = save_state(build_model(CNNConfig(channels=[4, 8]), (1, 28, 28), 1).state_dict(), tmp_path / "narrow.pt")
+    narrow = save_state(build_model(built_in_model("cnn", channels=[4, 8]), (1, 28, 28), 1).state_dict(), tmp_path / "narrow.pt")
     message = one_paragraph(run_cli(tmp_path, "model=cnn", f"model.weights={narrow}"))
     assert "of another shape: features.0.weight (4, 1, 3, 3) (the model's: (16, 1, 3, 3))" in message
     assert not (tmp_path / "run" / "results.json").exists()
@@ -235,7 +235,8 @@ def test_convs_per_block_0_exits_2_with_one_paragraph(tmp_path):
 
 
 def test_resnet_without_torchvision_names_the_extra(monkeypatch):
-    monkeypatch.setattr("pneumolab.extras.importable", lambda module: module != "torchvision")
-    for check in (lambda: require_extras_for_arguments(["model=resnet"]), lambda: build_model(RESNET, (1, 28, 28), 1)):
-        with pytest.raises(PneumolabError, match=r"model=resnet needs torchvision.*pip install 'pneumolab\[resnet\]'"):
-            check()
+    # None in sys.modules makes `import torchvision` fail as if it were not installed.
+    monkeypatch.setitem(sys.modules, "torchvision", None)
+    monkeypatch.delitem(sys.modules, "pneumolab.models.resnet", raising=False)
+    with pytest.raises(PneumolabError, match=r"model=resnet needs torchvision.*pip install 'pneumolab\[resnet\]'"):
+        build_model(RESNET, (1, 28, 28), 1)

@@ -11,7 +11,7 @@ from pneumolab.config import (
     AdamConfig, AdamWConfig, CosineSchedulerConfig, MultiStepSchedulerConfig, NoSchedulerConfig,
     PlateauSchedulerConfig, SGDConfig, StepSchedulerConfig,
 )
-from pneumolab.optim import make_optimizer, make_scheduler
+from pneumolab.engine.optim import make_optimizer, make_scheduler
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "pneumolab"
 

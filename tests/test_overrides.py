@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 
 from conftest import pneumolab_command, subprocess_env
-from pneumolab.cli import config_dir
+from pneumolab.config import config_dir
 from pneumolab.config import register_configs
 from pneumolab.errors import PneumolabError
-from pneumolab.overrides import check_command_line, rewrite_path_args
+from pneumolab.cli.overrides import check_command_line, rewrite_path_args
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -99,8 +99,8 @@ def test_path_overrides_expand_home_and_quote(monkeypatch, tmp_path):
 
 
 def test_the_check_does_not_import_torch():
-    code = ("import sys; from pneumolab.cli import config_dir; from pneumolab.config import register_configs; "
-            "from pneumolab.overrides import check_command_line; register_configs(); "
+    code = ("import sys; from pneumolab.config import config_dir; from pneumolab.config import register_configs; "
+            "from pneumolab.cli.overrides import check_command_line; register_configs(); "
             "check_command_line(['head=ce', 'data=folder', 'data.root=~/x'], config_dir()); "
             "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -27,13 +27,13 @@ def test_wheel_install_finds_its_configs(tmp_path):
     elsewhere.mkdir()
     # PYTHONPATH puts the installed wheel ahead of the editable checkout on sys.path.
     env = {**subprocess_env(), "PYTHONPATH": str(site)}
-    where = subprocess.run([sys.executable, "-c", "import pneumolab.cli as c; print(c.__file__); print(c.config_dir())"],
+    where = subprocess.run([sys.executable, "-c", "import pneumolab.config as c; print(c.__file__); print(c.config_dir())"],
                            cwd=elsewhere, env=env, capture_output=True, text=True, check=True).stdout.split()
     assert where[0].startswith(str(site)) and where[1] == str(site / "pneumolab" / "conf")
 
     job = elsewhere / "run"
     proc = subprocess.run(
-        [sys.executable, "-m", "pneumolab.cli", "head=ce", "trainer.epochs=1", "trainer.seeds=[0]",
+        [sys.executable, "-m", "pneumolab.cli.main", "head=ce", "trainer.epochs=1", "trainer.seeds=[0]",
          "data.limit_per_class=20", f"hydra.run.dir={job}"],
         cwd=elsewhere, env=env, capture_output=True, text=True, timeout=300,
     )
@@ -43,7 +43,7 @@ def test_wheel_install_finds_its_configs(tmp_path):
 
     # The installed wheel applies the kept weights to a new image.
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 30), dtype=np.uint8)).save(elsewhere / "x.png")
-    proc = subprocess.run([sys.executable, "-m", "pneumolab.predict", str(job), "x.png"], cwd=elsewhere, env=env,
+    proc = subprocess.run([sys.executable, "-m", "pneumolab.cli.predict", str(job), "x.png"], cwd=elsewhere, env=env,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     header, row = proc.stdout.splitlines()

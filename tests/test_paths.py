@@ -13,10 +13,10 @@ import pytest
 
 from conftest import pneumolab_command, subprocess_env
 from pneumolab.config import FolderDataConfig, PneumoniaMNISTDataConfig
-from pneumolab.data import load_data
+from pneumolab.data.load import load_data
 from pneumolab.errors import PneumolabError
 from pneumolab.files import atomic_write_text
-from pneumolab.medmnist import download
+from pneumolab.data.medmnist import download
 from test_cli import copy_tiny_xray
 from test_medmnist import md5_of, write_npz
 
@@ -90,7 +90,7 @@ def cache_blocked_by_a_file(tmp_path, monkeypatch) -> Path:
 def test_an_unwritable_cache_still_loads_a_folder(tmp_path, shared_xray, cache_blocked_by_a_file, caplog):
     root = tmp_path / "xray"
     copy_tiny_xray(shared_xray, root, per_class=3)
-    with caplog.at_level(logging.WARNING, logger="pneumolab.folder"):
+    with caplog.at_level(logging.WARNING, logger="pneumolab.data.folder"):
         data = load_data(FolderDataConfig(root=str(root)))
     assert len(data.test) == 6
     assert f"Could not write the image cache {cache_blocked_by_a_file / 'folder'}" in caplog.text

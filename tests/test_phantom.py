@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from pneumolab.config import PhantomDataConfig
-from pneumolab.data import load_data
-from pneumolab.phantom import load_phantom
+from pneumolab.data.load import load_data
+from pneumolab.data.phantom import load_phantom
 
 
 def small(**overrides) -> PhantomDataConfig:

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pneumolab.metric_table import BY_KEY
-from pneumolab.metrics import binary_metrics, roc_curve
-from pneumolab.plots import (
+from pneumolab.record.metric_table import BY_KEY
+from pneumolab.record.metrics import binary_metrics, roc_curve
+from pneumolab.outputs.plots import (
     SEEDS_LABEL,
     TEST_MARK_LABEL,
     TEST_SET_LABEL,

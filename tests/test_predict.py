@@ -12,7 +12,7 @@ import safetensors.torch
 import pytest
 from PIL import Image
 
-from pneumolab.metrics import binary_metrics
+from pneumolab.record.metrics import binary_metrics
 
 from conftest import copy_tiny_xray, pneumolab_command, subprocess_env
 

@@ -1,6 +1,6 @@
 """A run refused before it trains leaves no run folder (or a folder the user named as it was), lock released.
 
-Real `pneumolab` processes for what a user types; pneumolab.rundir.undo_start in-process for what it
+Real `pneumolab` processes for what a user types; pneumolab.cli.rundir.undo_start in-process for what it
 must keep (a folder that holds results).
 """
 
@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from conftest import pneumolab_command, subprocess_env
-from pneumolab import rundir
-from pneumolab.rundir import LOCK_NAME, ClaimOutputDirectory, undo_start
+from pneumolab.cli import rundir
+from pneumolab.cli.rundir import LOCK_NAME, ClaimOutputDirectory, undo_start
 from test_launcher_failures import check_paragraph, tree
 
 

@@ -15,7 +15,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from scipy import stats
 
 from conftest import REPO, subprocess_env
-from pneumolab.report import hydra_value
+from pneumolab.analysis.report import hydra_value
 
 SCRIPT = REPO / "scripts" / "reproduce_report.py"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

@@ -13,10 +13,11 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
-from pneumolab import __version__
-from pneumolab.cli import config_dir, run_job
+from pneumolab.version import __version__
+from pneumolab.cli.main import run_job
+from pneumolab.config import config_dir
 from pneumolab.config import register_configs
-from pneumolab.resume import PointTaken
+from pneumolab.cli.resume import PointTaken
 
 from conftest import pneumolab_command, subprocess_env
 

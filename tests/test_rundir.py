@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from conftest import pneumolab_command, subprocess_env
-from pneumolab.rundir import LOCK_NAME, DirectoryClaim, DirectoryInUse
+from pneumolab.cli.rundir import LOCK_NAME, DirectoryClaim, DirectoryInUse
 from test_sweep import read_csv
 
 TINY = ["data.limit_per_class=10", "trainer.seeds=[0,1]"]
@@ -103,7 +103,7 @@ def test_a_sweep_refuses_a_sweep_directory_in_use(tmp_path):
 HOLD = """
 import sys, time
 from pathlib import Path
-from pneumolab.rundir import DirectoryClaim
+from pneumolab.cli.rundir import DirectoryClaim
 DirectoryClaim(Path(sys.argv[1]), "hydra.run.dir")
 print("claimed", flush=True)
 time.sleep(600)

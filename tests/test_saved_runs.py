@@ -18,8 +18,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from conftest import pneumolab_command, subprocess_env
-from pneumolab.checkpoint import RECORDED_KEYS, save_weights
-from pneumolab.train import SeedRun
+from pneumolab.outputs.checkpoint import RECORDED_KEYS, save_weights
+from pneumolab.record.seed_run import SeedRun
 
 pytestmark = pytest.mark.slow  # trains runs to read back
 

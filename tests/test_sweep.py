@@ -16,11 +16,13 @@ from hydra.types import RunMode
 from omegaconf import OmegaConf
 from scipy import stats
 
-from pneumolab import points, summary_md, sweep
-from pneumolab.cli import config_dir
+from pneumolab.analysis import points
+from pneumolab.analysis import summary_md
+from pneumolab.analysis import sweep
+from pneumolab.config import config_dir
 from pneumolab.config import register_configs
-from pneumolab.metrics import summarize
-from pneumolab.results import SUMMARY_KEYS
+from pneumolab.record.metrics import summarize
+from pneumolab.record.results import SUMMARY_KEYS
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 BASE_CONFIG = {"head": {"name": "bce"}, "data": {"name": "phantom", "batch_size": 32}, "trainer": {"epochs": 3}}
@@ -612,7 +614,7 @@ def test_summary_png_measures_accuracy_against_always_answering_pneumonia(tmp_pa
     summary = sweep.build_summary([tmp_path])
     assert points.all_pneumonia_rate(summary.points[0].results) == pytest.approx(390 / 624)
     drawn = {}
-    monkeypatch.setattr("pneumolab.plots.plot_summary", lambda plotted, path, *args, **kw: drawn.update(kw, points=plotted))
+    monkeypatch.setattr("pneumolab.outputs.plots.plot_summary", lambda plotted, path, *args, **kw: drawn.update(kw, points=plotted))
     sweep.plot_points(summary, tmp_path)
     assert drawn["reference"] == [(pytest.approx(0.625), "always answering pneumonia (test set): 62.5 %")]
     assert [p["x"] for p in drawn["points"]] == ["mlp", "cnn"] and drawn["metric"].key == "test_acc"
@@ -628,7 +630,7 @@ def test_points_of_many_differences_are_plotted_as_categories_named_by_their_exp
     summary = sweep.build_summary([tmp_path])
     assert summary.swept == ["head", "data.batch_size", "optimizer.lr"] and summary.labels == ("experiment",)
     drawn = {}
-    monkeypatch.setattr("pneumolab.plots.plot_summary",
+    monkeypatch.setattr("pneumolab.outputs.plots.plot_summary",
                         lambda plotted, path, x_key, *args, **kw: drawn.update(kw, x_key=x_key, points=plotted))
     sweep.plot_points(summary, tmp_path)
     assert drawn["x_key"] == "experiment" and [p["x"] for p in drawn["points"]] == list(settings)

@@ -244,7 +244,7 @@ def python_without_extras(root: Path) -> list[str]:
     purelib = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                              capture_output=True, text=True, check=True).stdout.strip()
     Path(purelib, "pneumolab-test-site.pth").write_text(f"import site; site.addsitedir({str(site)!r})\n")
-    return [str(python), "-m", "pneumolab.cli"]
+    return [str(python), "-m", "pneumolab.cli.main"]
 
 
 def test_each_extra_missing_is_named_with_its_pip_command(tmp_path):

@@ -5,16 +5,15 @@ import pytest
 import torch
 
 from pneumolab.config import (
-    CNNConfig, CustomModelConfig, AdamConfig, Config, HeadConfig, MLPConfig, PhantomDataConfig, PlateauSchedulerConfig, SGDConfig,
-    ResNetConfig, StepSchedulerConfig, TrainerConfig,
+    AdamConfig, Config, HeadConfig, ModelConfig, PhantomDataConfig, PlateauSchedulerConfig, SGDConfig, StepSchedulerConfig, TrainerConfig, built_in_model,
 )
-from pneumolab.data import Dataset, Split
+from pneumolab.data.dataset import Dataset, Split
 from pneumolab.errors import PneumolabError
-from pneumolab.train import DeviceData, TrainingData, fit, seed_groups, seed_processes
+from pneumolab.engine.train import DeviceData, TrainingData, fit, seed_groups, seed_processes
 
 
 # tests/models_for_tests.py holds a plain one-seed nn.Module, as a user would write one.
-TINY_CUSTOM = CustomModelConfig(target="models_for_tests.TinyConvNet", options={"width": 4})
+TINY_CUSTOM = ModelConfig(target="models_for_tests.TinyConvNet", options={"width": 4})
 
 
 def toy_split(n: int, gen: torch.Generator) -> Split:
@@ -33,7 +32,7 @@ def toy() -> Dataset:
 
 def settings(**overrides) -> Config:
     parts = dict(
-        model=MLPConfig(hidden_sizes=[16, 16, 16]),
+        model=built_in_model("mlp", hidden_sizes=[16, 16, 16]),
         head=HeadConfig("ce"),
         data=PhantomDataConfig(batch_size=16),
         optimizer=AdamConfig(lr=3e-3),
@@ -53,7 +52,7 @@ def run_numbers(runs):
     [
         {},
         {"head": HeadConfig("bce")},
-        {"model": MLPConfig(hidden_sizes=[16, 8], dropout=0.3, negative_slope=0.1)},
+        {"model": built_in_model("mlp", hidden_sizes=[16, 8], dropout=0.3, negative_slope=0.1)},
         {"optimizer": SGDConfig(lr=0.05, momentum=0.9, weight_decay=1e-3)},
         {"scheduler": PlateauSchedulerConfig(factor=0.5, patience=0)},
     ],
@@ -107,11 +106,11 @@ def test_seeds_get_the_same_bits_in_any_grouping_and_process(toy, head):
 
 
 # The modern CNN and the ResNet have BatchNorm: per-seed statistics, which must keep seeds apart too.
-MODERN_CNN = CNNConfig(channels=[4, 8], convs_per_block=2, batch_norm=True, global_pool=True, dropout=0.2)
+MODERN_CNN = built_in_model("cnn", channels=[4, 8], convs_per_block=2, batch_norm=True, global_pool=True, dropout=0.2)
 
 
 # ResNet-18 has 2000 times the small CNN's weights: two seeds.
-@pytest.mark.parametrize("model, n_seeds", [(CNNConfig(channels=[4, 8]), 3), (MODERN_CNN, 3), (ResNetConfig(), 2),
+@pytest.mark.parametrize("model, n_seeds", [(built_in_model("cnn", channels=[4, 8]), 3), (MODERN_CNN, 3), (built_in_model("resnet"), 2),
                                             (TINY_CUSTOM, 3)], ids=["cnn", "cnn-bn", "resnet", "custom"])
 @pytest.mark.slow
 def test_models_by_config_train_and_keep_seeds_apart(toy, model, n_seeds, restore_torch_state):
@@ -164,7 +163,7 @@ def test_processes_on_a_gpu_are_refused_with_the_fix():
 
 
 def test_without_fork_a_job_keeps_one_process_and_refuses_more(monkeypatch):
-    monkeypatch.setattr("pneumolab.train.fork_available", lambda: False)  # as on macOS and Windows
+    monkeypatch.setattr("pneumolab.engine.train.fork_available", lambda: False)  # as on macOS and Windows
     assert seed_processes(settings(trainer=TrainerConfig(seeds=[0, 1, 2, 3])), torch.device("cpu"), 8) == 1
     with pytest.raises(PneumolabError, match=r"needs Linux .* trainer\.processes=1"):
         seed_processes(settings(trainer=TrainerConfig(seeds=[0, 1, 2, 3], processes=2)), torch.device("cpu"), 8)
@@ -210,7 +209,7 @@ def test_divergence_is_recorded_and_other_seeds_go_on(toy):
 def test_per_seed_holdouts_give_each_seed_its_own_validation_images(toy):
     from dataclasses import replace
 
-    from pneumolab.data import stratified_holdout
+    from pneumolab.data.dataset import stratified_holdout
 
     pool = Split(torch.cat([toy.train.images, toy.val.images]), torch.cat([toy.train.labels, toy.val.labels]))
     per_seed = replace(toy, train=pool, val=pool.take(np.zeros(0, dtype=np.int64)), val_per_seed=0.2)

@@ -7,8 +7,8 @@ import logging
 import math
 import re
 
-from pneumolab.metric_table import mean_std_percent
-from pneumolab.progress import EpochReport
+from pneumolab.record.metric_table import mean_std_percent
+from pneumolab.engine.progress import EpochReport
 
 LOG_LINE = re.compile(r"^test acc \d+\.\d ± \d+\.\d % over \d+ seeds \(\d+ diverged\) in [\d.]+ s -> .+$")
 

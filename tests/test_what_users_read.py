@@ -13,10 +13,12 @@ import pytest
 from PIL import Image
 
 from conftest import copy_tiny_xray, pneumolab_command, subprocess_env
-from pneumolab import cache, medmnist, predict
-from pneumolab.cli import describe_settings
+from pneumolab.data import cache
+from pneumolab.data import medmnist
+from pneumolab.cli import predict
+from pneumolab.cli.main import describe_settings
 from pneumolab.config import FolderDataConfig, PneumoniaMNISTDataConfig, to_settings
-from pneumolab.folder import load_folder
+from pneumolab.data.folder import load_folder
 
 TAIL = "optimizer=adam lr=0.001 | scheduler=step | batch 32 | 30 epochs | seeds 0..4"
 

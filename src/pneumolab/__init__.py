@@ -1,13 +1,14 @@
 """pneumolab: small networks for normal-vs-pneumonia chest X-rays, swept over seeds."""
 
-__version__ = "0.2.0"
+from pneumolab.version import __version__
+
 __all__ = ["__version__", "load"]
 
 
 def __getattr__(name: str):
     """`pneumolab.load` imported on first use, so `import pneumolab` stays light (no torch, no pandas)."""
     if name == "load":
-        from pneumolab.frame import load
+        from pneumolab.analysis.frame import load
 
         globals()["load"] = load
         return load

@@ -10,13 +10,22 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any, Iterator, List, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from pneumolab.errors import PneumolabError
+
+
+def config_dir() -> str:
+    """conf/ inside the installed package (wheel), else the repository's top-level conf/."""
+    here = Path(__file__).resolve().parent  # src/pneumolab, or pneumolab/ in a wheel
+    for candidate in (here / "conf", here.parents[1] / "conf"):
+        if (candidate / "config.yaml").is_file():
+            return str(candidate)
+    raise RuntimeError(f"pneumolab's conf/ directory is missing (looked in {here / 'conf'} and {here.parents[1] / 'conf'})")
 
 
 def _require(ok: bool, key: str, value: Any, fix: str) -> None:
@@ -32,94 +41,80 @@ def _is_seed(value: int) -> bool:
     return 0 <= value < 2**64
 
 
+# Label 0 and label 1: the class folders of folder data, and how predictions name the classes.
+CLASSES = ("NORMAL", "PNEUMONIA")
+
+
 # --- model -------------------------------------------------------------------
 
-MODEL_CHOICE = "choose the model with model=mlp, model=cnn, model=resnet or model=custom."
+BUILT_IN_MODELS = "pneumolab.models."
+
+
+def model_name(target: str) -> str:
+    """What users type after model= for the class `target`: the module's name for a built-in model, else custom."""
+    module = str(target).rpartition(".")[0]
+    return module.removeprefix(BUILT_IN_MODELS) if module.startswith(BUILT_IN_MODELS) else "custom"
+
+
+def config_leaves(config: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
+    """(dotted key, value) for each leaf of a resolved config, a config group standing for itself as typed:
+    its `name` (head.name -> head=ce), or for a model its class (model._target_ -> model=cnn; a user's
+    class stays a key of its own beside model=custom)."""
+    if isinstance(config, dict):
+        for key, value in config.items():
+            if key == "name" and prefix and not isinstance(value, (dict, list)):
+                yield prefix, value
+            elif key == "_target_" and prefix and isinstance(value, str):
+                yield prefix, model_name(value)
+                if model_name(value) == "custom":
+                    yield f"{prefix}.{key}", value
+            else:
+                yield from config_leaves(value, f"{prefix}.{key}" if prefix else str(key))
+    elif prefix:
+        yield prefix, config
 
 
 @dataclass
-class MLPConfig:
-    name: str = "mlp"
-    hidden_sizes: List[int] = field(default_factory=lambda: [128, 128, 128])
-    negative_slope: float = 0.01
-    dropout: float = 0.0
-    # A local state-dict file (safetensors, or torch.save) every seed starts from; null: random initialisation.
-    weights: Optional[str] = None
+class ModelConfig:
+    """A model is its class (`model._target_`), built as Class(in_shape=(1, H, W), n_outputs=K, **options).
 
-    def __post_init__(self) -> None:
-        _require(self.name == "mlp", "model.name", self.name, MODEL_CHOICE)
-        _require(len(self.hidden_sizes) > 0 and all(h >= 1 for h in self.hidden_sizes),
-                 "model.hidden_sizes", self.hidden_sizes, "give one or more layer widths >= 1, e.g. [128,128,128].")
-        _check_slope_and_dropout(self.negative_slope, self.dropout)
-        _check_weights(self.weights)
-
-
-def _check_slope_and_dropout(negative_slope: float, dropout: float) -> None:
-    _require(negative_slope >= 0, "model.negative_slope", negative_slope, "use a slope >= 0, e.g. 0.01.")
-    _require(0.0 <= dropout < 1.0, "model.dropout", dropout, "use a probability in [0, 1).")
-
-
-def _check_weights(weights: Optional[str]) -> None:
-    # Whether the file exists and fits is checked when the model is built (models.check_model): a
-    # finished run's record must stay readable after the file is gone.
-    _require(weights is None or bool(weights.strip()), "model.weights", weights,
-             "give the path of a state-dict file (.safetensors, or one saved by torch.save), or null.")
-
-
-@dataclass
-class CNNConfig:
-    """Per entry of `channels` a block of `convs_per_block` 3x3 convolutions (same padding, each with
-    BatchNorm if asked, then LeakyReLU) and 2x2 max pooling; then global average pooling if asked,
-    dropout and one linear layer."""
-
-    name: str = "cnn"
-    channels: List[int] = field(default_factory=lambda: [16, 32])
-    negative_slope: float = 0.01
-    dropout: float = 0.0
-    convs_per_block: int = 1
-    batch_norm: bool = False
-    global_pool: bool = False
-    weights: Optional[str] = None
-
-    def __post_init__(self) -> None:
-        _require(self.name == "cnn", "model.name", self.name, MODEL_CHOICE)
-        _require(len(self.channels) > 0 and all(c >= 1 for c in self.channels), "model.channels", self.channels,
-                 "give one or more channel counts >= 1, e.g. [16,32].")
-        _check_slope_and_dropout(self.negative_slope, self.dropout)
-        _require(self.convs_per_block >= 1, "model.convs_per_block", self.convs_per_block,
-                 "use at least 1 convolution per block (2 pairs them, as in VGG).")
-        _check_weights(self.weights)
-
-
-@dataclass
-class ResNetConfig:
-    """torchvision's ResNet-18 for one channel and small images (3x3 stride-1 stem, no max pool), from scratch."""
-
-    name: str = "resnet"
-    weights: Optional[str] = None
-
-    def __post_init__(self) -> None:
-        _require(self.name == "resnet", "model.name", self.name, MODEL_CHOICE)
-        _check_weights(self.weights)
-
-
-@dataclass
-class CustomModelConfig:
-    """A user's nn.Module class, built as Class(in_shape=(1, H, W), n_outputs=K, **options)."""
+    A built-in model is pneumolab.models.<name>.<Class> with conf/model/<name>.yaml naming it, which
+    is how a user's own class (model=custom) is named too. The class checks its own keys; pneumolab
+    adds `weights`, a state-dict file every seed starts from.
+    """
 
     target: str
     options: dict = field(default_factory=dict)
-    name: str = "custom"
+    weights: Optional[str] = None
+
+    @property
+    def name(self) -> str:
+        return model_name(self.target)
 
     @classmethod
-    def from_dict(cls, node: dict) -> "CustomModelConfig":
+    def from_dict(cls, node: dict) -> "ModelConfig":
         node = dict(node)
         target = node.pop("_target_", None)
-        node.pop("name", None)
+        weights = node.pop("weights", None)
         _require(isinstance(target, str) and bool(target.strip()), "model._target_", target,
                  "name your nn.Module class, e.g. model._target_=mynets.TinyNet (a module importable from the "
                  "current directory or the environment).")
-        return cls(target=target, options=node)
+        # Whether the file exists and fits is checked when the model is built (models.check_model): a
+        # finished run's record must stay readable after the file is gone.
+        _require(weights is None or (isinstance(weights, str) and bool(weights.strip())), "model.weights", weights,
+                 "give the path of a state-dict file (.safetensors, or one saved by torch.save), or null.")
+        return cls(target=target, options=node, weights=weights)
+
+
+def layer_sizes(options: dict) -> list | None:
+    """A model's first list of ints (MLP widths, CNN channels): what titles show of its shape."""
+    return next((v for v in options.values() if isinstance(v, list) and v and all(isinstance(x, int) for x in v)), None)
+
+
+def built_in_model(name: str, **keys: Any) -> ModelConfig:
+    """Built-in model `name` with its defaults from conf/model/<name>.yaml and `keys` over them."""
+    node = OmegaConf.to_container(OmegaConf.load(Path(config_dir(), "model", f"{name}.yaml")))
+    return ModelConfig.from_dict({**node, **keys})
 
 
 # --- head --------------------------------------------------------------------
@@ -180,6 +175,9 @@ class BasicAugmentConfig(AugmentConfig):
 
 @dataclass
 class DataConfig:
+    """Keys every source shares. A source's schema names the functions that read it (`module:function`,
+    each taking the config): `planner` says what loading will allocate, `loader` builds the Dataset."""
+
     name: str = MISSING
     batch_size: int = 32
     limit_per_class: Optional[int] = None
@@ -205,6 +203,8 @@ def cache_root(cache_dir: str | None = None) -> Path:
 
 @dataclass
 class PhantomDataConfig(DataConfig):
+    planner = "pneumolab.data.phantom:plan_phantom"
+    loader = "pneumolab.data.phantom:load_phantom"
     name: str = "phantom"
     image_size: int = 28
     # PneumoniaMNIST's split sizes and class balance.
@@ -231,6 +231,8 @@ MEDMNIST_SIZES = (28, 64, 128, 224)
 
 @dataclass
 class PneumoniaMNISTDataConfig(DataConfig):
+    planner = "pneumolab.data.medmnist:plan_pneumoniamnist"
+    loader = "pneumolab.data.medmnist:load_pneumoniamnist"
     name: str = "pneumoniamnist"
     size: int = 28
     path: Optional[str] = None
@@ -246,6 +248,8 @@ class PneumoniaMNISTDataConfig(DataConfig):
 
 @dataclass
 class FolderDataConfig(DataConfig):
+    planner = "pneumolab.data.folder:plan_folder"
+    loader = "pneumolab.data.folder:load_folder"
     name: str = "folder"
     root: str = MISSING
     image_size: int = 28
@@ -273,6 +277,10 @@ class FolderDataConfig(DataConfig):
 
 @dataclass
 class OptimizerConfig:
+    """An optimizer option is its schema: the torch.optim class it builds and that class's keywords."""
+
+    torch_class = ""  # in torch.optim
+    fused = False  # whether the class takes fused=True (one kernel for the whole step)
     name: str = MISSING
     lr: float = 1e-3
     weight_decay: float = 0.0
@@ -281,9 +289,14 @@ class OptimizerConfig:
         _require(self.lr > 0, "optimizer.lr", self.lr, "use a learning rate > 0, e.g. 1e-3.")
         _require(self.weight_decay >= 0, "optimizer.weight_decay", self.weight_decay, "use a value >= 0.")
 
+    def keywords(self) -> dict[str, Any]:
+        return {"lr": self.lr, "weight_decay": self.weight_decay}
+
 
 @dataclass
 class AdamConfig(OptimizerConfig):
+    torch_class = "Adam"
+    fused = True
     name: str = "adam"
     betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
     eps: float = 1e-8
@@ -294,17 +307,22 @@ class AdamConfig(OptimizerConfig):
                  "give two decay rates in [0, 1), e.g. [0.9,0.999].")
         _require(self.eps >= 0, "optimizer.eps", self.eps, "use a value >= 0, e.g. 1e-8.")
 
+    def keywords(self) -> dict[str, Any]:
+        return {**super().keywords(), "betas": tuple(self.betas), "eps": self.eps}
+
 
 @dataclass
 class AdamWConfig(AdamConfig):
     """Adam with decoupled weight decay (torch.optim.AdamW)."""
 
+    torch_class = "AdamW"
     name: str = "adamw"
     weight_decay: float = 1e-2
 
 
 @dataclass
 class SGDConfig(OptimizerConfig):
+    torch_class = "SGD"
     name: str = "sgd"
     lr: float = 1e-2
     momentum: float = 0.9
@@ -313,17 +331,29 @@ class SGDConfig(OptimizerConfig):
         super().__post_init__()
         _require(self.momentum >= 0, "optimizer.momentum", self.momentum, "use a momentum >= 0, e.g. 0.9.")
 
+    def keywords(self) -> dict[str, Any]:
+        return {**super().keywords(), "momentum": self.momentum}
+
 
 # --- scheduler ---------------------------------------------------------------
 
 
 @dataclass
 class SchedulerConfig:
+    """A schedule option is its schema: the torch.optim.lr_scheduler class it builds (none: a constant rate)
+    and that class's keywords for a run of `epochs`."""
+
+    torch_class = None
+    follows_each_seed = False  # reads each seed's own validation loss, so each seed needs its own optimizer
     name: str = MISSING
+
+    def keywords(self, epochs: int) -> dict[str, Any]:
+        return {}
 
 
 @dataclass
 class StepSchedulerConfig(SchedulerConfig):
+    torch_class = "StepLR"
     name: str = "step"
     step_size: int = 10
     gamma: float = 0.1
@@ -332,9 +362,13 @@ class StepSchedulerConfig(SchedulerConfig):
         _require(self.step_size >= 1, "scheduler.step_size", self.step_size, "use a StepLR step size of at least 1 epoch.")
         _require(self.gamma > 0, "scheduler.gamma", self.gamma, "use a decay factor > 0, e.g. 0.1.")
 
+    def keywords(self, epochs: int) -> dict[str, Any]:
+        return {"step_size": self.step_size, "gamma": self.gamma}
+
 
 @dataclass
 class MultiStepSchedulerConfig(SchedulerConfig):
+    torch_class = "MultiStepLR"
     name: str = "multistep"
     milestones: List[int] = field(default_factory=lambda: [10, 20])
     gamma: float = 0.1
@@ -342,9 +376,13 @@ class MultiStepSchedulerConfig(SchedulerConfig):
     def __post_init__(self) -> None:
         _require(all(m >= 1 for m in self.milestones), "scheduler.milestones", self.milestones, "use epochs >= 1.")
 
+    def keywords(self, epochs: int) -> dict[str, Any]:
+        return {"milestones": self.milestones, "gamma": self.gamma}
+
 
 @dataclass
 class CosineSchedulerConfig(SchedulerConfig):
+    torch_class = "CosineAnnealingLR"
     name: str = "cosine"
     # null: anneal over all of trainer.epochs.
     t_max: Optional[int] = None
@@ -354,15 +392,23 @@ class CosineSchedulerConfig(SchedulerConfig):
         _require(self.t_max is None or self.t_max >= 1, "scheduler.t_max", self.t_max,
                  "use null (anneal over trainer.epochs) or a period of at least 1 epoch.")
 
+    def keywords(self, epochs: int) -> dict[str, Any]:
+        return {"T_max": self.t_max or epochs, "eta_min": self.eta_min}
+
 
 @dataclass
 class PlateauSchedulerConfig(SchedulerConfig):
+    torch_class = "ReduceLROnPlateau"
+    follows_each_seed = True
     name: str = "plateau"
     factor: float = 0.1
     patience: int = 3
 
     def __post_init__(self) -> None:
         _require(0 < self.factor < 1, "scheduler.factor", self.factor, "use a factor in (0, 1).")
+
+    def keywords(self, epochs: int) -> dict[str, Any]:
+        return {"mode": "min", "factor": self.factor, "patience": self.patience}
 
 
 @dataclass
@@ -486,15 +532,12 @@ class Config:
     def __post_init__(self) -> None:
         if self.augment == MISSING:  # built in Python without the group: the report's setting
             self.augment = NoAugmentConfig()
-        # model=custom has no schema (its constructor takes any keys), so it arrives as a plain dict.
+        # A model has no schema (its class checks its own keys), so it arrives as a plain dict.
         if isinstance(self.model, dict):
-            _require(self.model.get("name") == "custom", "model.name", self.model.get("name"),
-                     MODEL_CHOICE)
-            self.model = CustomModelConfig.from_dict(self.model)
+            self.model = ModelConfig.from_dict(self.model)
 
 
 SCHEMAS = {
-    "model": {"mlp": MLPConfig, "cnn": CNNConfig, "resnet": ResNetConfig},
     "head": {"head": HeadConfig},
     "data": {"phantom": PhantomDataConfig, "pneumoniamnist": PneumoniaMNISTDataConfig, "folder": FolderDataConfig},
     "optimizer": {"adam": AdamConfig, "adamw": AdamWConfig, "sgd": SGDConfig},

@@ -19,12 +19,12 @@ EXTRA_MODULES = {
     "optuna": {"optuna": "optuna", "hydra_plugins.hydra_optuna_sweeper": "hydra-optuna-sweeper"},
     "resnet": {"torchvision": "torchvision"},
 }
-# Config choices on the command line that need an extra: (group, option) -> extra.
+# Config choices on the command line that need an extra: (group, option) -> extra. (A model that needs
+# one says so when its class is imported: models/target.py.)
 CHOICE_EXTRAS = {
     ("hparams_search", "optuna"): "optuna",
     ("logger", "tensorboard"): "tensorboard",
     ("logger", "mlflow"): "mlflow",
-    ("model", "resnet"): "resnet",
 }
 # `group=option`, `+group=option`, `group=a,b` (a sweep over options).
 GROUP_CHOICE = re.compile(r"^\+{0,2}(\w+)=([\w,/]+)$")

@@ -1,4 +1,4 @@
-"""Atomic file writes: a reader sees the old file or the whole new one, never half of it.
+"""Files: atomic writes (a reader sees the old file or the whole new one, never half of it) and disk room.
 
 The bytes go to a hidden temp file beside the target, which is renamed over it once
 complete. A writer killed on the way leaves its temp file behind; readers never look at
@@ -80,3 +80,38 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     with atomic_open(path, "wb") as fh:
         fh.write(data)
+
+
+def human_size(n_bytes: float) -> str:
+    """Decimal units, as disks are sold and `df -H` prints them."""
+    for unit, size in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n_bytes >= size:
+            return f"{n_bytes / size:.1f} {unit}"
+    return f"{int(n_bytes)} bytes"
+
+
+def nearest_existing(path: Path) -> Path:
+    """`path` itself, or the closest of its parents that exists (what a mkdir would write into)."""
+    path = path.expanduser().absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def unwritable_reason(path: Path, need_bytes: int) -> str | None:
+    """Why `path` (a folder, created if missing) cannot take `need_bytes` more, or None."""
+    existing = nearest_existing(path)
+    missing = "" if existing == path.expanduser().absolute() else "it does not exist and cannot be created: "
+    if not existing.is_dir():
+        return f"{missing}{existing} is a file, not a folder"
+    stats = os.statvfs(existing)
+    if stats.f_flag & os.ST_RDONLY:
+        return f"{missing}{existing} is on a read-only file system"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"{missing}{existing} is not writable for this user"
+    free = stats.f_bavail * stats.f_frsize
+    if free < need_bytes:
+        return f"its disk has {human_size(free)} free and about {human_size(need_bytes)} are needed"
+    if stats.f_files and not stats.f_favail:
+        return "its disk has no free inodes left (no new file can be created)"
+    return None

@@ -10,7 +10,7 @@ point, the sweep exits 1, and re-running the same command trains only what is mi
 A sweep SLURM does not take (no sbatch/srun on PATH, the controller unreachable, a submission
 sbatch refuses, or jobs queued with a pending reason that never clears, e.g. more CPUs than a
 node has) ends with one paragraph naming the cause and the fix, exit 2; queued jobs are
-cancelled and the sweep folder is left as it was (pneumolab.rundir.undo_start).
+cancelled and the sweep folder is left as it was (pneumolab.cli.rundir.undo_start).
 """
 
 from __future__ import annotations
@@ -240,7 +240,7 @@ class SlurmLauncher(SubmititSlurmLauncher):
                 f"re-run the same command to train this point; its log is {job.paths.stderr}")
 
     def record_failure(self, overrides: list[str], number: int, reason: str) -> JobReturn:
-        from pneumolab.results import write_failure  # not at the top: Hydra imports this module in every app
+        from pneumolab.record.results import write_failure  # not at the top: Hydra imports this module in every app
 
         assert self.hydra_context is not None and self.config is not None
         sweep_config = self.hydra_context.config_loader.load_sweep_config(self.config, overrides)

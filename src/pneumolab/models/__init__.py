@@ -1,56 +1,37 @@
 """Models by config: one seed's nn.Module (`build_model`), and all seeds of a job side by side
-(`build_stack`), each seed initialised from its own seed of the global generator."""
+(`build_stack`), each seed initialised from its own seed of the global generator.
+
+Every model, built-in or a user's, is the class its config names (`model._target_`); see
+models/mlp.py and conf/model/mlp.yaml for the two files a model is.
+"""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from pneumolab.config import CNNConfig, CustomModelConfig, MLPConfig, ResNetConfig
+from pneumolab.config import ModelConfig
 from pneumolab.errors import PneumolabError
-from pneumolab.extras import require_extra
-from pneumolab.initial_weights import load_initial_weights, read_state_dict
-from pneumolab.models.cnn import CNN
-from pneumolab.models.custom import build_custom, check_output_shape
+from pneumolab.models.target import build_from_target, check_output_shape
 from pneumolab.models.mlp import MLP
 from pneumolab.models.stack import SeedRandomness, SeedStack, StackedMLP
-
-ModelConfig = MLPConfig | CNNConfig | ResNetConfig | CustomModelConfig
+from pneumolab.models.weights import load_initial_weights, read_state_dict
 
 
 def build_model(cfg: ModelConfig, in_shape: tuple[int, int, int], n_outputs: int) -> nn.Module:
     """One seed's network, initialised from the global generator."""
-    if isinstance(cfg, MLPConfig):
-        return MLP(in_shape, n_outputs, cfg.hidden_sizes, cfg.negative_slope, cfg.dropout)
-    if isinstance(cfg, CNNConfig):
-        smallest = 2 ** len(cfg.channels)
-        if min(in_shape[1:]) < smallest:
-            raise PneumolabError(
-                f"model=cnn with {len(cfg.channels)} pooling stages needs images of at least {smallest} px, but these "
-                f"are {in_shape[1]}x{in_shape[2]}. Use fewer model.channels or a larger image size."
-            )
-        return CNN(in_shape, n_outputs, cfg.channels, cfg.negative_slope, cfg.dropout, cfg.convs_per_block,
-                   cfg.batch_norm, cfg.global_pool)
-    if isinstance(cfg, ResNetConfig):
-        require_extra("resnet", "model=resnet")
-        from pneumolab.models.resnet import ResNet18  # torchvision, an optional extra
-
-        return ResNet18(in_shape, n_outputs)
-    if isinstance(cfg, CustomModelConfig):
-        return build_custom(cfg, in_shape, n_outputs)
-    raise PneumolabError(f"Unknown model {cfg!r}: use model=mlp, model=cnn, model=resnet or model=custom.")
+    return build_from_target(cfg, in_shape, n_outputs)
 
 
 def check_model(cfg: ModelConfig, in_shape: tuple[int, int, int], n_outputs: int, batch_size: int | None = None) -> None:
-    """Fail before training, with one paragraph, on a model that cannot be built (e.g. images too small for
-    the CNN's pooling stages), gives the wrong shape, does not fit its model.weights file, or has BatchNorm
-    layers and batches of one image."""
+    """Fail before training, with one paragraph, on a model that cannot be built (a key its class rejects,
+    e.g. images too small for the CNN's pooling stages), gives the wrong shape, does not fit its
+    model.weights file, or has BatchNorm layers and batches of one image."""
     model = build_model(cfg, in_shape, n_outputs)
-    if isinstance(cfg, CustomModelConfig):
-        check_output_shape(model, cfg.target, in_shape, n_outputs)
+    check_output_shape(model, cfg, in_shape, n_outputs)
     start_from_weights(cfg, [model])
     if batch_size == 1 and has_batch_norm(model):
-        other_fix = " or model.batch_norm=false" if isinstance(cfg, CNNConfig) else ""
+        other_fix = " or model.batch_norm=false" if "batch_norm" in cfg.options else ""
         raise PneumolabError(
             f"model={cfg.name} has BatchNorm layers, which cannot learn from a batch of one image, but "
             f"data.batch_size=1. Use data.batch_size=2 or more{other_fix}."
@@ -59,11 +40,10 @@ def check_model(cfg: ModelConfig, in_shape: tuple[int, int, int], n_outputs: int
 
 def start_from_weights(cfg: ModelConfig, modules: list[nn.Module]) -> None:
     """Load model.weights, when set, into every module (each seed's)."""
-    weights = getattr(cfg, "weights", None)
-    if weights:
-        state = read_state_dict(weights)
+    if cfg.weights:
+        state = read_state_dict(cfg.weights)
         for module in modules:
-            load_initial_weights(module, state, weights, cfg.name)
+            load_initial_weights(module, state, cfg.weights, cfg.name)
 
 
 def has_batch_norm(module: nn.Module) -> bool:
@@ -83,6 +63,7 @@ def build_stack(cfg: ModelConfig, in_shape: tuple[int, int, int], n_outputs: int
     # Before stacking: StackedMLP copies the seeds' modules into its batched tensors.
     start_from_weights(cfg, modules)
     randomness = SeedRandomness(seeds, states, device)
-    if batched and isinstance(cfg, MLPConfig):
+    # Chosen by what the model is: the MLP class itself, not a subclass that may change its forward.
+    if batched and all(type(m) is MLP for m in modules):
         return StackedMLP(modules, randomness).to(device)
     return SeedStack(modules, randomness).to(device)

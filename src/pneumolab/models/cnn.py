@@ -12,12 +12,15 @@ from __future__ import annotations
 
 from torch import nn
 
+from pneumolab.models.mlp import check_slope_and_dropout
+
 
 class CNN(nn.Module):
     def __init__(self, in_shape: tuple[int, int, int], n_outputs: int, channels: list[int],
                  negative_slope: float = 0.01, dropout: float = 0.0, convs_per_block: int = 1,
                  batch_norm: bool = False, global_pool: bool = False):
         super().__init__()
+        check_keys(in_shape, channels, negative_slope, dropout, convs_per_block)
         in_channels, height, width = in_shape
         blocks = []
         for out_channels in channels:
@@ -33,6 +36,21 @@ class CNN(nn.Module):
 
     def forward(self, x):
         return self.classifier(self.dropout(self.pool(self.features(x)).flatten(1)))
+
+
+def check_keys(in_shape: tuple[int, int, int], channels: list[int], negative_slope: float, dropout: float,
+               convs_per_block: int) -> None:
+    if len(channels) == 0 or any(c < 1 for c in channels):
+        raise ValueError(f"model.channels={channels}: give one or more channel counts >= 1, e.g. [16,32]")
+    check_slope_and_dropout(negative_slope, dropout)
+    if convs_per_block < 1:
+        raise ValueError(f"model.convs_per_block={convs_per_block}: use at least 1 convolution per block "
+                         "(2 pairs them, as in VGG)")
+    smallest = 2 ** len(channels)
+    if min(in_shape[1:]) < smallest:
+        raise ValueError(f"model.channels={channels} has {len(channels)} pooling stages, which need images of at "
+                         f"least {smallest} px, but these are {in_shape[1]}x{in_shape[2]}: use fewer model.channels "
+                         "or a larger image size")
 
 
 def conv_layer(in_channels: int, out_channels: int, negative_slope: float, batch_norm: bool) -> list[nn.Module]:

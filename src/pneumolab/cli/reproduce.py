@@ -1,0 +1,77 @@
+"""`pneumolab-report`: the course report's eight settings as one `pneumolab` sweep, then REPORT.md.
+
+    pneumolab-report --data folder --root ~/chest_xray --out outputs/report
+    pneumolab-report --epochs 2 --seeds 2 -- data.limit_per_class=30
+    pneumolab-report --from-sweep outputs/report      # only rebuild REPORT.md
+
+Re-running with the same --out skips the settings that already finished.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from pneumolab.analysis.report import REPORT_MD, build_report, find_sweep_dir, has_jobs, run_sweep, sweep_overrides
+
+DEFAULT_OUT = Path("outputs/report")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="pneumolab-report", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", choices=("phantom", "folder", "pneumoniamnist"), default="phantom",
+                        help="data source (default: phantom, the embedded one)")
+    parser.add_argument("--root", help="folder: the chest_xray directory; pneumoniamnist: a local npz "
+                                       "(else it is downloaded)")
+    parser.add_argument("--epochs", type=int, help="epochs per seed (default: the settings' 30)")
+    parser.add_argument("--seeds", type=int, help="train seeds 0..N-1 (default: the report's five)")
+    parser.add_argument("--out", type=Path, help=f"output directory (default: {DEFAULT_OUT}); the sweep goes to OUT/runs")
+    parser.add_argument("--launcher", choices=("basic", "joblib"), default="joblib",
+                        help="basic: one job after another; joblib (default): --jobs at a time")
+    # Every job trains on one thread, so one job per core keeps the machine busy.
+    parser.add_argument("--jobs", type=int, default=min(8, os.cpu_count() or 1),
+                        help="parallel jobs with --launcher joblib (default: one per core, at most 8)")
+    parser.add_argument("--from-sweep", type=Path, metavar="DIR",
+                        help="do not train: rebuild REPORT.md from the sweep in DIR (DIR/runs for an earlier "
+                             "run of this script); written to --out, else into DIR")
+    parser.add_argument("overrides", nargs="*", help="extra Hydra overrides, e.g. -- data.limit_per_class=30")
+    args = parser.parse_args(argv)
+    if args.data == "folder" and args.root is None and not args.from_sweep:
+        parser.error("--data folder needs --root, the directory holding train/ and test/")
+    if args.root is not None and args.data == "phantom":
+        parser.error("--root has no meaning for --data phantom; pick --data folder or pneumoniamnist")
+    if args.from_sweep and args.overrides:
+        parser.error("--from-sweep only rebuilds the report; it takes no Hydra overrides")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    returncode = 0
+    if args.from_sweep:
+        sweep_dir = find_sweep_dir(args.from_sweep)
+        out = args.out or args.from_sweep
+    else:
+        out = args.out or DEFAULT_OUT
+        sweep_dir = out / "runs"
+        overrides = sweep_overrides(sweep_dir, args.data, args.root, args.epochs, args.seeds,
+                                    args.launcher, args.jobs, args.overrides)
+        returncode = run_sweep(overrides, sweep_dir, [args.root] if args.root else [])
+        if returncode == 2:
+            # Refused before any job ran (its one paragraph is out), e.g. OUT/runs holds finished runs of other
+            # settings: REPORT.md and the record of those runs are left as they are.
+            return 2
+    if not has_jobs(sweep_dir):
+        print(f"pneumolab-report: no job finished or failed in {sweep_dir}: nothing to report.", file=sys.stderr)
+        return returncode or 1
+    report = build_report(sweep_dir, out)
+    print(f"pneumolab-report: wrote {out / REPORT_MD}")
+    for problem in report.problems:
+        print(f"pneumolab-report: {problem}", file=sys.stderr)
+    return 1 if report.problems or returncode else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
