@@ -151,12 +151,17 @@ def test_bad_input_gives_one_clear_message_and_no_results(tmp_path, overrides, n
 
 
 def test_a_glob_over_the_report_subfolder_names_all_eight_settings():
-    from pneumolab.cli.main import expand_nested_group_globs
+    from pneumolab.cli.overrides import check_command_line
+    from pneumolab.config import config_dir, register_configs
 
-    args = expand_nested_group_globs(["-m", "experiment=glob(report/*)", "head=glob(*)", "data.batch_size=32"])
+    register_configs()
+    args = check_command_line(["-m", "experiment=glob(report/*)", "head=glob(*)", "data.batch_size=32"], config_dir())
     assert args[0] == "-m" and args[2:] == ["head=glob(*)", "data.batch_size=32"]
     assert args[1] == "experiment=" + ",".join(
         f"report/{name}" for name in ["fig1_bce", "fig2_ce", "fig3_ce_bs64", "fig4_ce_bs128", "fig5_ce_step5",
                                       "fig6_ce_step20", "fig7_ce_combo", "fig8_bce_combo"])
-    assert expand_nested_group_globs(["experiment=glob(report/*_combo)"]) == [
+    assert check_command_line(["experiment=glob(report/*_combo)"], config_dir()) == [
         "experiment=report/fig7_ce_combo,report/fig8_bce_combo"]
+    assert check_command_line(["-m", "experiment=glob(report/*,exclude=report/fig1*)"], config_dir())[1] == (
+        "experiment=" + ",".join(f"report/{name}" for name in ["fig2_ce", "fig3_ce_bs64", "fig4_ce_bs128",
+                                 "fig5_ce_step5", "fig6_ce_step20", "fig7_ce_combo", "fig8_bce_combo"]))

@@ -7,7 +7,6 @@ The core install trains and writes files only; trackers, the Optuna search and m
 from __future__ import annotations
 
 import importlib.util
-import re
 import sys
 
 from pneumolab.errors import PneumolabError
@@ -26,8 +25,6 @@ CHOICE_EXTRAS = {
     ("logger", "tensorboard"): "tensorboard",
     ("logger", "mlflow"): "mlflow",
 }
-# `group=option`, `+group=option`, `group=a,b` (a sweep over options).
-GROUP_CHOICE = re.compile(r"^\+{0,2}(\w+)=([\w,/]+)$")
 
 
 def importable(module: str) -> bool:
@@ -48,17 +45,13 @@ def require_extra(extra: str, feature: str) -> None:
         )
 
 
-def require_extras_for_arguments(args: list[str]) -> None:
-    """Check the extras that the command line's config choices need, before Hydra composes anything.
+def require_extras_for_choices(choices: list[tuple[str, str]]) -> None:
+    """Check the extras that the command line's (group, option) choices need, before Hydra composes anything.
 
     Hydra alone would fail on a missing sweeper plugin with a config-search error that
     does not say what to install, and a sweep would fail every point one by one.
     """
-    for arg in args:
-        match = GROUP_CHOICE.match(arg)
-        if not match:
-            continue
-        for option in match.group(2).split(","):
-            extra = CHOICE_EXTRAS.get((match.group(1), option))
-            if extra:
-                require_extra(extra, f"{match.group(1)}={option}")
+    for group, option in choices:
+        extra = CHOICE_EXTRAS.get((group, option))
+        if extra:
+            require_extra(extra, f"{group}={option}")

@@ -5,9 +5,7 @@ config -> dataset tensors -> fit -> results.json, metrics.csv, curves.png, roc.p
 
 from __future__ import annotations
 
-import fnmatch
 import logging
-import re
 import sys
 import time
 import traceback
@@ -23,7 +21,6 @@ from pneumolab.errors import PneumolabError
 from pneumolab.record.metric_table import mean_std_percent
 from pneumolab.cli.exits import handled
 from pneumolab.cli.rundir import undo_start  # also registers ${pneumolab_unique:} before Hydra resolves a directory
-from pneumolab.extras import require_extras_for_arguments
 from pneumolab.outputs.tracking import check_tracker_installed, track_job
 from pneumolab.record.names import CALIBRATION_PNG, CURVES_PNG, ROC_PNG
 
@@ -253,29 +250,6 @@ def hydra_entry(cfg: DictConfig) -> float | None:
         return None
 
 
-# `group=glob(sub/*)`: a glob over a sub-folder of a config group.
-NESTED_GROUP_GLOB = re.compile(r"^(\+?)(\w+)=glob\(([^(),]*/[^(),]*)\)$")
-
-
-def expand_nested_group_globs(args: list[str]) -> list[str]:
-    """Spell out `experiment=glob(report/*)` as the list of matching options.
-
-    Hydra's glob() sees only the top level of a config group (hydra#3055), so on its
-    own `experiment=glob(report/*)` would sweep nothing.
-    """
-    expanded = []
-    for arg in args:
-        match = NESTED_GROUP_GLOB.match(arg)
-        group_dir = Path(config_dir(), match.group(2)) if match else None
-        if match and group_dir.is_dir():
-            options = sorted(p.relative_to(group_dir).with_suffix("").as_posix() for p in group_dir.rglob("*.yaml"))
-            chosen = [option for option in options if fnmatch.fnmatchcase(option, match.group(3))]
-            if chosen:
-                arg = f"{match.group(1)}{match.group(2)}={','.join(chosen)}"
-        expanded.append(arg)
-    return expanded
-
-
 def main() -> None:
     from pneumolab.version import __version__
     from pneumolab.cli.overrides import check_command_line, groups_help
@@ -286,9 +260,7 @@ def main() -> None:
     register_configs()
     OmegaConf.register_new_resolver("pneumolab_groups", groups_help, replace=True)  # --help's group list
     try:
-        # First: composing the command line to check it would fail on a missing sweeper plugin.
-        require_extras_for_arguments(sys.argv[1:])
-        sys.argv[1:] = check_command_line(expand_nested_group_globs(sys.argv[1:]), config_dir())
+        sys.argv[1:] = check_command_line(sys.argv[1:], config_dir())
     except PneumolabError as exc:
         print(f"pneumolab: error: {exc}", file=sys.stderr)
         sys.exit(2)

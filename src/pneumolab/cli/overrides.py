@@ -12,14 +12,16 @@ Nothing here imports torch: the check costs one composition (a tenth of a second
 from __future__ import annotations
 
 import difflib
+import fnmatch
 import os
 import re
 import textwrap
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.core.override_parser.types import ChoiceSweep, Override, OverrideType
+from hydra.core.override_parser.types import ChoiceSweep, Glob, Override, OverrideType
 from hydra.core.object_type import ObjectType
 from hydra.errors import HydraException
 from omegaconf import DictConfig, ListConfig, OmegaConf
@@ -27,6 +29,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from pneumolab.config import BUILT_IN_MODELS
 from pneumolab.errors import PneumolabError
+from pneumolab.extras import require_extras_for_choices
 
 # Config keys that name files or folders.
 PATH_KEYS = ("data.root", "data.path", "data.cache_dir", "hydra.run.dir", "hydra.sweep.dir")
@@ -78,16 +81,41 @@ def rewrite_path_args(args: list[str]) -> list[str]:
 
 
 def check_command_line(args: list[str], primary_config_dir: str) -> list[str]:
-    """The arguments to hand to Hydra, or a PneumolabError naming the first mistake."""
+    """The arguments to hand to Hydra, or a PneumolabError naming the first mistake.
+
+    Parsed once, by Hydra's own parsers: its flags, then each override. The extras the chosen
+    options need come first (composing without a sweeper plugin would fail without saying why).
+    """
     from hydra._internal.utils import get_args_parser
 
     args = rewrite_path_args(args)
-    if UNCHECKED_FLAGS.intersection(a.split("=", 1)[0] for a in args):
-        return args
     parsed, _ = get_args_parser().parse_known_args(args)
     overrides = [parse_override(text) for text in parsed.overrides]
+    require_extras_for_choices([(o.key_or_group, option) for o in overrides if not o.is_hydra_override()
+                                for option in chosen_options(o)])
+    globs = {o.input_line: spelled_out for o in overrides if (spelled_out := nested_glob_choices(o, primary_config_dir))}
+    args = [globs.get(arg, arg) for arg in args]
+    if UNCHECKED_FLAGS.intersection(a.split("=", 1)[0] for a in args):
+        return args
+    overrides = [parse_override(globs[o.input_line]) if o.input_line in globs else o for o in overrides]
     check_overrides(overrides, primary_config_dir, parsed.config_dir)
     return args
+
+
+def nested_glob_choices(override: Override, primary_config_dir: str) -> str | None:
+    """`experiment=glob(report/*)` spelled out as the list of matching options, or None for any other override.
+
+    Hydra's glob() sees only the top level of a config group (hydra#3055), so on its
+    own `experiment=glob(report/*)` would sweep nothing.
+    """
+    value = override.value() if not override.is_delete() else None
+    if not isinstance(value, Glob) or not any("/" in pattern for pattern in value.include):
+        return None
+    group_dir = Path(primary_config_dir, override.key_or_group)
+    options = sorted(p.relative_to(group_dir).with_suffix("").as_posix() for p in group_dir.rglob("*.yaml"))
+    chosen = [option for option in options if any(fnmatch.fnmatchcase(option, p) for p in value.include)
+              and not any(fnmatch.fnmatchcase(option, p) for p in value.exclude)]
+    return f"{override.get_key_element()}={','.join(chosen)}" if chosen else None
 
 
 def parse_override(text: str) -> Override:
