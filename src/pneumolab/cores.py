@@ -42,8 +42,8 @@ def cgroup_quota_cores() -> int | None:
     return math.ceil(min(quotas)) if quotas else None
 
 
-def own_cgroup_dirs() -> list[Path]:
-    """The cgroup directories (v2, and v1's cpu controller) this process is in, with their parents."""
+def own_cgroup_dirs(controller: str = "cpu") -> list[Path]:
+    """The cgroup directories (v2, and v1's `controller`) this process is in, with their parents."""
     try:
         lines = Path("/proc/self/cgroup").read_text().splitlines()
     except OSError:
@@ -53,8 +53,8 @@ def own_cgroup_dirs() -> list[Path]:
         _, controllers, path = line.split(":", 2)
         if controllers == "":
             mounts = [CGROUP_ROOT, CGROUP_ROOT / "unified"]  # v2: the whole tree, or the hybrid layout's part
-        elif "cpu" in controllers.split(","):
-            mounts = [CGROUP_ROOT / controllers, CGROUP_ROOT / "cpu"]
+        elif controller in controllers.split(","):
+            mounts = list(dict.fromkeys([CGROUP_ROOT / controllers, CGROUP_ROOT / controller]))
         else:
             continue
         relative = Path(path.lstrip("/"))

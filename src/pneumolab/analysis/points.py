@@ -25,12 +25,11 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from pneumolab.config import config_leaves
-from pneumolab.record.metric_table import BY_KEY, METRICS
+from pneumolab.record.metric_table import BY_KEY
 from pneumolab.record.metrics import ALPHA, holm, power_line, welch_ttest
-from pneumolab.record.results import FAILURE, RESULTS
+from pneumolab.record.results import FAILURE, RESULTS, read_json, results_problem
 
 NOT_SET = "(not set)"
-SUMMARY_STATS = ("mean", "std", "ci95_low", "ci95_high", "n")
 # Past this many finished points a summary ranks them and tests only the leaders (see `compare_points`).
 MANY_POINTS = 36
 LEADERS = 10
@@ -154,39 +153,6 @@ def natural_key(path: Path) -> tuple[tuple[int, int | str], ...]:
     return tuple((0, int(part)) if part.isdigit() else (1, part) for part in path.parts)
 
 
-def load_json(path: Path) -> tuple[Any, str | None]:
-    """(parsed content, None), or (None, why it cannot be read); (None, None) when absent."""
-    if not path.is_file():
-        return None, None
-    try:
-        return json.loads(path.read_text(encoding="utf-8")), None
-    except OSError as exc:
-        return None, f"cannot be read ({exc.strerror})"
-    except ValueError as exc:  # truncated or not JSON at all (UnicodeDecodeError is one too)
-        return None, f"is not valid JSON ({exc})"
-
-
-def results_problem(results: Any) -> str | None:
-    """What keeps `results` from being a results.json a summary can use; None when nothing does."""
-    if not isinstance(results, dict):
-        return f"holds a JSON {type(results).__name__}, not an object with per_seed and summary"
-    per_seed, summary = results.get("per_seed"), results.get("summary")
-    if not isinstance(per_seed, list) or not all(
-            isinstance(e, dict) and {"test_acc", "diverged"} <= e.keys() for e in per_seed):
-        return "has no per_seed list of seeds with test_acc and diverged"
-    if not isinstance(summary, dict):
-        return "has no summary"
-    for metric in METRICS:
-        entry = summary.get(metric.key)
-        if entry is None and not metric.always_recorded:
-            continue
-        if not isinstance(entry, dict) or not set(SUMMARY_STATS) <= entry.keys():
-            return f"has no summary of {metric.key} with {', '.join(SUMMARY_STATS)}"
-    if not isinstance(results.get("overrides", []), list) or not isinstance(results.get("config", {}), dict):
-        return "has overrides or config of the wrong type"
-    return None
-
-
 def read_point(job_dir: Path) -> Point | None:
     """The point in `job_dir`, or None when it holds neither file.
 
@@ -203,7 +169,7 @@ def read_point(job_dir: Path) -> Point | None:
 
 
 def read_results(job_dir: Path) -> Point:
-    results, unreadable = load_json(job_dir / RESULTS)
+    results, unreadable = read_json(job_dir / RESULTS)
     problem = unreadable or results_problem(results)
     if problem:
         return Point(job_dir, (), {}, None, f"{RESULTS} {problem}; re-run this point to write it again")
@@ -211,7 +177,7 @@ def read_results(job_dir: Path) -> Point:
 
 
 def read_failure(job_dir: Path) -> Point:
-    failure, unreadable = load_json(job_dir / FAILURE)
+    failure, unreadable = read_json(job_dir / FAILURE)
     if not isinstance(failure, dict):
         return Point(job_dir, (), {}, None, f"{FAILURE} {unreadable or 'is not a JSON object'}")
     overrides = failure.get("overrides", ())

@@ -356,7 +356,7 @@ class Report:
     def __init__(self, sweep_dir: Path, out_dir: Path) -> None:
         self.sweep_dir = sweep_dir
         self.out_dir = out_dir
-        self.run_record = read_json(sweep_dir / RUN_RECORD) or {}
+        self.run_record = read_json(sweep_dir / RUN_RECORD)[0] or {}
         all_jobs, unfinished = read_sweep(sweep_dir)
         # What the config files declare; what ran (the jobs' configs) takes precedence where known.
         self.declared = load_report_configs()

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from pneumolab.cores import own_cgroup_dirs
 from pneumolab.errors import PneumolabError
 from pneumolab.files import human_size, unwritable_reason
 
@@ -28,8 +29,6 @@ OUTPUT_BYTES = 2 * MB
 # state (Adam's two moments; SGD's momentum), all float32.
 FLOAT32 = 4
 STATE_COPIES = {"adam": 4, "sgd": 3}
-CGROUP_V2 = Path("/sys/fs/cgroup")
-CGROUP_V1 = Path("/sys/fs/cgroup/memory")
 
 
 # --- disk ---------------------------------------------------------------------
@@ -79,22 +78,14 @@ def _room_under(limit_file: Path, usage_file: Path) -> int | None:
 
 
 def _cgroup_room() -> int | None:
-    """Room left under this process's cgroup memory limits (v2, with its parents; or v1), None if unlimited.
+    """Room left under this process's cgroup memory limits (v2 or v1, with their parents), None if unlimited.
 
     By hand: no library reads cgroup limits (psutil reports the whole machine).
     """
-    rooms = [_room_under(CGROUP_V1 / "memory.limit_in_bytes", CGROUP_V1 / "memory.usage_in_bytes")]
-    try:
-        with open("/proc/self/cgroup", encoding="ascii") as fh:
-            line = next((entry for entry in fh if entry.startswith("0::")), "0::/")
-    except OSError:
-        line = "0::/"
-    group = CGROUP_V2 / line.strip()[3:].lstrip("/")
-    for folder in (group, *group.parents):
-        rooms.append(_room_under(folder / "memory.max", folder / "memory.current"))
-        if folder == CGROUP_V2:
-            break
-    rooms = [room for room in rooms if room is not None]
+    rooms = [room for folder in own_cgroup_dirs("memory")
+             for room in (_room_under(folder / "memory.max", folder / "memory.current"),
+                          _room_under(folder / "memory.limit_in_bytes", folder / "memory.usage_in_bytes"))
+             if room is not None]
     return min(rooms) if rooms else None
 
 

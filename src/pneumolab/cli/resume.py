@@ -32,10 +32,11 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from pneumolab.version import __version__
 from pneumolab.errors import PneumolabError
+from pneumolab.record.names import RESULTS
+from pneumolab.record.results import read_json, results_problem
 
 log = logging.getLogger("pneumolab")
 
-RESULTS = "results.json"  # pneumolab.record.results.RESULTS; not imported, as that module brings numpy and the bootstrap
 BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
 SHOWN_POINTS = 3  # a refusal names this many of the points it would overwrite, then counts the rest
 # The fix a refusal offers for adding a sweep's points to a folder beside the points already there.
@@ -51,12 +52,10 @@ def reusable_results(path: Path, config: dict[str, Any]) -> dict[str, Any] | Non
 
     PointTaken when `path` holds a finished point of another configuration: it is never recomputed over.
     """
-    if not path.exists():
-        return None
-    try:
-        results = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        log.info("recomputing: %s is not readable JSON (%s)", path, exc)
+    results, unreadable = read_json(path)
+    if unreadable:
+        log.info("recomputing: %s %s", path, unreadable)
+    if results is None:
         return None
     difference = other_point(results, config, current_overrides())
     if difference:
@@ -116,15 +115,12 @@ def current_overrides() -> list[str] | None:
 
 
 def why_not_reusable(results: Any, config: dict[str, Any]) -> str | None:
-    if not isinstance(results, dict):
-        return f"holds a JSON {type(results).__name__}, not a results object"
-    missing = [key for key in ("config", "per_seed", "n_diverged", "versions") if key not in results]
-    if missing or not isinstance(results["versions"], dict) or not isinstance(results["per_seed"], list):
-        return f"lacks {', '.join(missing) or 'well-formed keys'} (written by an older pneumolab, or not by pneumolab)"
-    try:
-        float(results["summary"]["val_acc"]["mean"] or 0.0)
-    except (KeyError, TypeError, ValueError):
-        return "lacks summary.val_acc.mean (written by an older pneumolab, or not by pneumolab)"
+    # The shape every reader of results.json checks, then what a finished job's own results hold besides.
+    problem = results_problem(results)
+    missing = [key for key in ("config", "n_diverged", "versions") if key not in results] if not problem else []
+    if problem or missing or not isinstance(results["versions"], dict):
+        return f"{problem or 'lacks ' + (', '.join(missing) or 'well-formed versions')} (written by an older " \
+               "pneumolab, or not by pneumolab)"
     written_by = results["versions"].get("pneumolab")
     if written_by != __version__:
         return f"was written by pneumolab {written_by}, this is pneumolab {__version__}"
@@ -188,13 +184,9 @@ def taken_by_another(job_dir: Path, config, overrides) -> str | None:
 
     `config` and `overrides` are called only when job_dir holds a results.json; a config that cannot be
     worked out ahead is left to the job's own check (reusable_results)."""
-    path = job_dir / RESULTS
-    if not path.is_file():
-        return None
-    try:
-        results = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None  # unreadable: recomputed, as before
+    results, _ = read_json(job_dir / RESULTS)
+    if results is None:
+        return None  # absent, or unreadable: recomputed, as before
     try:
         new_config = config()
     except Exception as exc:  # noqa: BLE001

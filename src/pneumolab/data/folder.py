@@ -18,7 +18,6 @@ import hashlib
 import logging
 import multiprocessing
 import os
-import sys
 import zipfile
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -36,6 +35,7 @@ from pneumolab.cores import usable_cores
 from pneumolab.data.dataset import CLASSES, DataPlan, Dataset, Split, stratified_holdout
 from pneumolab.errors import PneumolabError
 from pneumolab.files import atomic_open
+from pneumolab.workers import fork_available
 
 log = logging.getLogger(__name__)
 
@@ -251,7 +251,9 @@ def decode_images(paths: list[Path], size: int, resize: str) -> np.ndarray:
         return _decode_chunk(paths, size, resize)
     chunks = [list(chunk) for chunk in np.array_split(np.array(paths, dtype=object), 4 * workers) if len(chunk)]
     try:
-        pool = ProcessPoolExecutor(max_workers=workers, mp_context=_pool_context())
+        # fork where it is safe: workers then skip re-importing torch, which costs seconds each.
+        pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context(
+            "fork" if fork_available() else None))
     except OSError as exc:
         # Sandboxes without working process pools (no /dev/shm) still get their images.
         log.warning("No process pool (%s); decoding in this process instead.", exc)
@@ -270,13 +272,6 @@ def decode_images(paths: list[Path], size: int, resize: str) -> np.ndarray:
     finally:
         # After a bad image, drop the chunks not started yet instead of decoding them for nothing.
         pool.shutdown(cancel_futures=True)
-
-
-def _pool_context() -> multiprocessing.context.BaseContext:
-    """fork where it is safe: workers then skip re-importing torch, which costs seconds each."""
-    if sys.platform.startswith("linux"):
-        return multiprocessing.get_context("fork")
-    return multiprocessing.get_context()
 
 
 def _decode_chunk(paths: list[Path], size: int, resize: str) -> np.ndarray:

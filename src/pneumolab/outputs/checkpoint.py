@@ -32,6 +32,7 @@ from pneumolab.data.dataset import normalize
 from pneumolab.errors import PneumolabError
 from pneumolab.files import atomic_write_bytes
 from pneumolab.record.names import RESULTS, WEIGHTS
+from pneumolab.record.results import read_json
 from pneumolab.engine.heads import make_head
 from pneumolab.models import build_model
 
@@ -263,10 +264,9 @@ def check_tensors(run_dir: Path, weights: Path, seed: int, state: dict[str, torc
 def load_seeds(run_dir: Path) -> SavedSeeds:
     """The run's saved seeds, checked against results.json's entry; else one paragraph saying what is wrong."""
     results_path = run_dir / RESULTS
-    try:
-        results = json.loads(results_path.read_text(encoding="utf-8"))
-        record = results["inference"]
-    except (OSError, ValueError, KeyError, TypeError):
+    results, _ = read_json(results_path)
+    record = results.get("inference") if isinstance(results, dict) else None
+    if record is None:
         raise PneumolabError(
             f"{run_dir} holds no finished pneumolab run with saved weights ({results_path} is missing, unreadable "
             "or from a version before 0.2.0). Give the directory of a job that finished (it holds results.json "

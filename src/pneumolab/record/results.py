@@ -18,12 +18,14 @@ from pneumolab.version import __version__
 from pneumolab.config import CLASSES
 from pneumolab.files import atomic_open, atomic_write_text
 from pneumolab.record.bootstrap import bootstrap_seed_mean
-from pneumolab.record.metric_table import SUMMARY_KEYS
+from pneumolab.record.metric_table import METRICS, SUMMARY_KEYS
 from pneumolab.record.metrics import BINARY_METRICS, binary_metrics, ensemble_log_odds, summarize
 from pneumolab.record.names import FAILURE, METRICS_CSV, RESULTS, WEIGHTS
 from pneumolab.record.seed_run import HISTORY_KEYS, SeedRun
 
 CSV_COLUMNS = ("seed", *HISTORY_KEYS)
+# What summarize() gives each metric over seeds.
+SUMMARY_STATS = ("mean", "std", "ci95_low", "ci95_high", "n")
 DECISION_RULE = ("a seed predicts PNEUMONIA when its P(pneumonia) > 0.5 (log-odds > 0); the seed ensemble "
                  "predicts PNEUMONIA when the mean of the seeds' P(pneumonia) > 0.5")
 
@@ -138,12 +140,37 @@ def write_metrics_csv(job_dir: Path, runs: list[SeedRun]) -> None:
                 writer.writerow([run.seed, *(run.history[k][i] for k in CSV_COLUMNS[1:])])
 
 
-def read_json(path: Path) -> dict[str, Any] | None:
-    """The parsed file, or None when it is absent or unreadable."""
+def read_json(path: Path) -> tuple[Any, str | None]:
+    """(parsed content, None), or (None, why it cannot be read); (None, None) when absent."""
+    if not path.is_file():
+        return None, None
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
+        return json.loads(path.read_text(encoding="utf-8")), None
+    except OSError as exc:
+        return None, f"cannot be read ({exc.strerror})"
+    except ValueError as exc:  # truncated or not JSON at all (UnicodeDecodeError is one too)
+        return None, f"is not valid JSON ({exc})"
+
+
+def results_problem(results: Any) -> str | None:
+    """What keeps `results` from being a results.json a summary can use; None when nothing does."""
+    if not isinstance(results, dict):
+        return f"holds a JSON {type(results).__name__}, not an object with per_seed and summary"
+    per_seed, summary = results.get("per_seed"), results.get("summary")
+    if not isinstance(per_seed, list) or not all(
+            isinstance(e, dict) and {"test_acc", "diverged"} <= e.keys() for e in per_seed):
+        return "has no per_seed list of seeds with test_acc and diverged"
+    if not isinstance(summary, dict):
+        return "has no summary"
+    for metric in METRICS:
+        entry = summary.get(metric.key)
+        if entry is None and not metric.always_recorded:
+            continue
+        if not isinstance(entry, dict) or not set(SUMMARY_STATS) <= entry.keys():
+            return f"has no summary of {metric.key} with {', '.join(SUMMARY_STATS)}"
+    if not isinstance(results.get("overrides", []), list) or not isinstance(results.get("config", {}), dict):
+        return "has overrides or config of the wrong type"
+    return None
 
 
 def read_metrics_csv(path: Path) -> list[dict[str, list[float]]]:
