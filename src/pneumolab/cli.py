@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from pneumolab.config import Config, register_configs, to_settings
 from pneumolab.errors import PneumolabError
 from pneumolab.metric_table import mean_std_percent
-from pneumolab.exits import handled
+from pneumolab.exits import handled, hydra_raises
 from pneumolab.rundir import undo_start  # also registers ${pneumolab_unique:} before Hydra resolves a directory
 from pneumolab.extras import require_extras_for_arguments
 from pneumolab.tracking import check_tracker_installed, track_job
@@ -319,7 +319,7 @@ def main() -> None:
     except PneumolabError as exc:
         print(f"pneumolab: error: {exc}", file=sys.stderr)
         sys.exit(2)
-    with handled():  # input problems exit 2, Ctrl-C / SIGTERM 130 / 143, one line each
+    with handled(), hydra_raises():  # input problems exit 2, Ctrl-C / SIGTERM 130 / 143, one line each
         hydra_entry()
     from pneumolab.sweep import failed_jobs_in_last_sweep
 
