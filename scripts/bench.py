@@ -218,7 +218,7 @@ def peak_memory(cmd: list[str], cwd: Path) -> tuple[int, int]:
 def folder_load_seconds(root: Path, cache: Path, image_size: int) -> float:
     code = (
         "import time,sys; sys.path.insert(0, %r)\n"
-        "from pneumolab.config import FolderDataConfig\nfrom pneumolab.data import load_data\n"
+        "from pneumolab.config import FolderDataConfig\nfrom pneumolab.data.load import load_data\n"
         "t=time.perf_counter(); load_data(FolderDataConfig(root=%r, image_size=%d, cache_dir=%r))\n"
         "print(time.perf_counter()-t)"
     ) % (str(REPO / "src"), str(root), image_size, str(cache))

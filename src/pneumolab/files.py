@@ -3,6 +3,7 @@
 The bytes go to a hidden temp file beside the target, which is renamed over it once
 complete. A writer killed on the way leaves its temp file behind; readers never look at
 hidden files, and a later write into the same folder deletes it once it is an hour old.
+Files that belong together (a summary's csv, md and png) are written inside `written_together`.
 """
 
 from __future__ import annotations
@@ -15,11 +16,15 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Iterator
 
+from pneumolab.workers import stop_signals_held
+
 # A writer touches its temp file every few seconds at most (downloads time out after a
 # minute without data), so one untouched for this long was left by a killed process.
 ABANDONED_AFTER_S = 3600.0
 # `.<target name>.<12 hex digits><suffix>`, as create_temp_beside names them.
 _TEMP_NAME = re.compile(r"\..+\.[0-9a-f]{12}\.(?:tmp|part)")
+# (temp file, target) of the writes whose renames `written_together` holds back; None outside it.
+_held_renames: list[tuple[Path, Path]] | None = None
 
 
 def create_temp_beside(path: Path, suffix: str) -> tuple[int, Path]:
@@ -57,18 +62,29 @@ def remove_abandoned_temps(folder: Path, older_than_s: float = ABANDONED_AFTER_S
 
 @contextmanager
 def atomic_open(path: str | os.PathLike, mode: str = "w") -> Iterator[IO]:
-    """Open a temp file beside `path`; on a clean exit flush, fsync and rename it over `path`."""
+    """Open a temp file beside `path`; on a clean exit flush, fsync and rename it over `path`.
+
+    An OSError that names no file (a full disk) or the temp file names `path`: the file the user asked for.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = create_temp_beside(path, ".tmp")
     try:
-        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8", "newline": ""})) as fh:
-            yield fh
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = create_temp_beside(path, ".tmp")
+        try:
+            with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8", "newline": ""})) as fh:
+                yield fh
+                fh.flush()
+                os.fsync(fh.fileno())
+            if _held_renames is None:
+                os.replace(tmp, path)
+            else:
+                _held_renames.append((tmp, path))
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+    except OSError as exc:
+        if exc.filename is None or _TEMP_NAME.fullmatch(Path(exc.filename).name):
+            exc.filename = str(path)
         raise
 
 
@@ -115,3 +131,30 @@ def unwritable_reason(path: Path, need_bytes: int) -> str | None:
     if stats.f_files and not stats.f_favail:
         return "its disk has no free inodes left (no new file can be created)"
     return None
+
+
+@contextmanager
+def written_together() -> Iterator[None]:
+    """The files written atomically inside this block appear together at its end, never some new and some old.
+
+    Each is written to its temp file as usual; the renames wait for the block to finish, then run in the
+    order written with Ctrl-C and SIGTERM held, so that no stop lands between two of them (they take
+    microseconds). A block that raises renames nothing and deletes its temp files: the old files stay.
+    Inside another such block, the outer one renames.
+    """
+    global _held_renames
+    if _held_renames is not None:
+        yield
+        return
+    _held_renames = held = []
+    try:
+        yield
+    except BaseException:
+        for tmp, _ in held:
+            tmp.unlink(missing_ok=True)
+        raise
+    finally:
+        _held_renames = None
+    with stop_signals_held():
+        for tmp, path in held:
+            os.replace(tmp, path)

@@ -14,7 +14,6 @@ import json
 import os
 import re
 import shlex
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -23,8 +22,9 @@ from typing import Any, Callable, Iterable, Sequence
 
 from omegaconf import OmegaConf
 
+from pneumolab.cli.exits import run_child
 from pneumolab.config import config_dir
-from pneumolab.files import atomic_write_text
+from pneumolab.files import atomic_write_text, written_together
 from pneumolab.record.metrics import ALPHA, holm, power_line, welch_ttest
 from pneumolab.outputs.plots import plot_curves_grid, plot_summary
 from pneumolab.record.results import FAILURE, METRICS_CSV, RESULTS, read_json, read_metrics_csv
@@ -119,7 +119,7 @@ def run_sweep(overrides: list[str], sweep_dir: Path, typed_paths: Sequence[str] 
     the paths as typed (REPORT.md shows them so, not as the absolute paths of this machine)."""
     command = [sys.executable, "-m", "pneumolab.cli.main", *overrides]
     start = time.perf_counter()
-    returncode = subprocess.run(command, check=False).returncode
+    returncode = run_child(command)  # a stop signal reaches the sweep too
     record = {
         "command": shlex.join(["pneumolab", *overrides]),
         "typed_paths": [str(sweep_dir), *typed_paths],
@@ -688,7 +688,9 @@ def write_report(report: Report) -> Path:
 
 
 def build_report(sweep_dir: Path, out_dir: Path) -> Report:
-    """Write REPORT.md and its figures into `out_dir`; the returned report lists any problems."""
+    """Write REPORT.md and its figures into `out_dir`, which appear together (a stop half-way leaves the
+    previous ones); the returned report lists any problems."""
     report = Report(sweep_dir, out_dir)
-    write_report(report)
+    with written_together():
+        write_report(report)
     return report

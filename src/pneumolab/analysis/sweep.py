@@ -14,12 +14,14 @@ import logging
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn, Sequence
+from typing import Any, Sequence
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from pneumolab.files import atomic_open, atomic_write_text
+from pneumolab.errors import PneumolabError
+from pneumolab.cli.exits import side_command
+from pneumolab.files import atomic_open, atomic_write_text, written_together
 from pneumolab.record.metric_table import BY_KEY, METRICS, SUMMARY_KEYS, Metric
 from pneumolab.analysis.points import (
     MANY_POINTS, NOT_SET, Comparison, Point, all_pneumonia_rate, compare_points, find_common_settings,
@@ -202,11 +204,13 @@ def plot_points(summary: Summary, out_dir: Path) -> bool:
 
 
 def write_summary(summary: Summary, out_dir: Path) -> None:
-    """summary.csv, summary.png and summary.md into `out_dir`, each written atomically."""
+    """summary.csv, summary.png and summary.md into `out_dir`, which appear together: a summary stopped
+    half-way leaves the previous one whole, never a csv and an md that list different points."""
     out_dir = Path(out_dir)
-    write_csv(summary, out_dir)
-    plotted = plot_points(summary, out_dir)
-    atomic_write_text(out_dir / SUMMARY_MD, format_markdown(summary, out_dir, plotted))
+    with written_together():
+        write_csv(summary, out_dir)
+        plotted = plot_points(summary, out_dir)
+        atomic_write_text(out_dir / SUMMARY_MD, format_markdown(summary, out_dir, plotted))
 
 
 # --- entry points ------------------------------------------------------------
@@ -247,6 +251,7 @@ class SweepSummaryCallback(Callback):
         log.info("sweep summary of %d points: %s", len(summary.points), sweep_dir.absolute() / SUMMARY_MD)
 
 
+@side_command("pneumolab-summarize")
 def summarize_main(argv: Sequence[str] | None = None) -> None:
     """`pneumolab-summarize DIR [DIR ...] [--out OUT] [--all-pairs] [--metric NAME]`: exit 1 when a point
     failed, 2 on bad input."""
@@ -268,13 +273,14 @@ def summarize_main(argv: Sequence[str] | None = None) -> None:
 
     missing = [str(d) for d in args.dirs if not d.is_dir()]
     if missing:
-        fail(f"{', '.join(missing)}: no such directory. Give the sweep directory Hydra printed "
-             "(outputs/multirun/<date>/<time>) or a run directory (outputs/runs/<date>/<time>).")
+        raise PneumolabError(f"{', '.join(missing)}: no such directory. Give the sweep directory Hydra printed "
+                             "(outputs/multirun/<date>/<time>) or a run directory (outputs/runs/<date>/<time>).")
     summary = build_summary(args.dirs, all_pairs=args.all_pairs, metric=args.metric)
     if not summary.points:
-        fail(f"No results found: no results.json or error.json under {', '.join(map(str, args.dirs))}. "
-             "A job writes results.json when it finishes; point this command at a sweep directory "
-             "(outputs/multirun/<date>/<time>) or at run directories (outputs/runs/<date>/<time>) of finished jobs.")
+        raise PneumolabError(
+            f"No results found: no results.json or error.json under {', '.join(map(str, args.dirs))}. "
+            "A job writes results.json when it finishes; point this command at a sweep directory "
+            "(outputs/multirun/<date>/<time>) or at run directories (outputs/runs/<date>/<time>) of finished jobs.")
     out_dir = args.out or args.dirs[0]
     out_dir.mkdir(parents=True, exist_ok=True)
     write_summary(summary, out_dir)
@@ -283,8 +289,3 @@ def summarize_main(argv: Sequence[str] | None = None) -> None:
         print(f"pneumolab-summarize: failed point {label_point(point, out_dir)}: {point.error}", file=sys.stderr)
     if summary.failed:
         sys.exit(1)
-
-
-def fail(message: str) -> NoReturn:
-    print(f"pneumolab-summarize: error: {message}", file=sys.stderr)
-    sys.exit(2)

@@ -7,7 +7,10 @@ it, made square by the data config's data.resize, with a warning when the run wa
 trained with the other mode; npz images of another size are resized, and eval.json
 says so). `DIR/eval.json` (default RUN_DIR/eval/<data name>/) holds per_seed, summary
 and ensemble in results.json's schema, plus what was evaluated.
-Given a sweep directory, every point is evaluated and `eval.csv` lists them all.
+Given a sweep directory, every point is evaluated (each on its own data without overrides)
+and `eval.csv` lists them all, as summary.csv does: a point that failed, or that cannot be
+evaluated (every seed diverged), is a row with status failed and the reason, and the
+command then exits 1.
 """
 
 from __future__ import annotations
@@ -15,47 +18,91 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import re
+import sys
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig, OmegaConf
 
 from pneumolab.outputs.checkpoint import SavedSeeds, load_seeds
-from pneumolab.config import DataConfig
+from pneumolab.config import DataConfig, config_dir, register_configs, to_settings
 from pneumolab.errors import PneumolabError
-from pneumolab.files import atomic_open, atomic_write_text
+from pneumolab.cli.exits import side_command
+from pneumolab.files import atomic_open, atomic_write_text, written_together
 from pneumolab.record.metric_table import mean_std_percent
-from pneumolab.cli.predict import fail, resize_u8, tool_arguments
-from pneumolab.record.results import RESULTS, build_ensemble, build_summary, seed_entry
+from pneumolab.cli.overrides import check_command_line
+from pneumolab.analysis.points import Point, find_points
+from pneumolab.cli.predict import resize_u8, tool_arguments
+from pneumolab.record.results import FAILURE, RESULTS, build_ensemble, build_summary, read_json, seed_entry
+from pneumolab.analysis.summary_md import label_point
 from pneumolab.record.seed_run import SeedRun
 
 log = logging.getLogger("pneumolab")
 
+# An override that chooses the data config (data=folder), rather than changing a key of the default one.
+DATA_CHOICE = re.compile(r"\+*data=")
+# What eval.csv gives of each evaluated point.
+TABLE_METRICS = ("test_acc", "test_auc")
+TABLE_STATS = ("mean", "std", "ci95_low", "ci95_high")
 
-def data_config(run_dir: Path, overrides: Sequence[str]) -> DataConfig:
-    """The data group composed from `overrides` as `pneumolab` would, or the run's own without any."""
-    from hydra import compose, initialize_config_dir
-    from omegaconf import OmegaConf
 
-    from pneumolab.config import config_dir
-    from pneumolab.config import register_configs, to_settings
-    from pneumolab.cli.overrides import check_command_line
-
+def data_config(overrides: Sequence[str]) -> DataConfig:
+    """The data group composed from `overrides` as `pneumolab` would: from pneumolab's default data config,
+    unless they choose another with data=NAME."""
     register_configs()
-    # As `pneumolab` reads them: ~ in paths expanded, misspelt keys named.
-    overrides = check_command_line(list(overrides), config_dir())
-    own = None if overrides else run_data(run_dir)
-    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
-        cfg = compose("config", overrides=list(overrides) or [f"data={own['name']}"])
-    if own is not None:
-        cfg.data = OmegaConf.merge(cfg.data, own)
+    try:
+        # As `pneumolab` reads them: ~ in paths expanded, misspelt keys named.
+        overrides = check_command_line(list(overrides), config_dir())
+        cfg = compose_config(overrides)
+    except PneumolabError as exc:
+        raise PneumolabError(f"{exc} {default_data_note(overrides)}".rstrip()) from None
+    if note := default_data_note(overrides):
+        log.warning("%s", note)
     return to_settings(cfg).data
 
 
+def own_data_config(run_dir: Path) -> DataConfig:
+    """The data config the run was trained on, from its results.json."""
+    own = run_data(run_dir)
+    register_configs()
+    cfg = compose_config([f"data={own['name']}"])
+    cfg.data = OmegaConf.merge(cfg.data, own)
+    return to_settings(cfg).data
+
+
+def compose_config(overrides: Sequence[str]) -> DictConfig:
+    """pneumolab's config composed from `overrides` (the schemas registered)."""
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        return compose("config", overrides=list(overrides))
+
+
+def default_data_note(overrides: Sequence[str]) -> str:
+    """What data overrides without data=NAME start from; empty when they choose the data."""
+    if any(DATA_CHOICE.match(override) for override in overrides):
+        return ""
+    default = compose_config([]).data.name
+    return (f"Data overrides start from pneumolab's default data config (data={default}), not from the run's own: "
+            "begin them with data=NAME to evaluate on other data (data=folder data.root=DIR, "
+            "data=pneumoniamnist data.path=FILE), or give none to evaluate on the run's own test split.")
+
+
 def run_data(run_dir: Path) -> dict:
-    data = json.loads((run_dir / RESULTS).read_text(encoding="utf-8"))["config"]["data"]
-    if data.get("name") == "folder":
+    """results.json's config.data, or one paragraph saying that it has none."""
+    results, unreadable = read_json(run_dir / RESULTS)
+    config = results.get("config") if isinstance(results, dict) else None
+    data = config.get("data") if isinstance(config, dict) else None
+    if not isinstance(data, dict) or not isinstance(data.get("name"), str):
+        problem = unreadable or ("is missing" if results is None else "records no data config (config.data)")
+        raise PneumolabError(
+            f"{run_dir / RESULTS} {problem}, so the run's own test data is unknown. Name the data to evaluate on "
+            f"(e.g. pneumolab-eval {run_dir} data=folder data.root=DIR), or re-run the job to write its results.json again."
+        )
+    data = dict(data)
+    if data["name"] == "folder":
         data.setdefault("resize", "squeeze")  # runs from before data.resize existed squeezed their images
     return data
 
@@ -85,8 +132,10 @@ def evaluate_saved(saved: SavedSeeds, images: torch.Tensor, labels: np.ndarray) 
             "ensemble": build_ensemble(runs, labels)}
 
 
-def evaluate_point(run_dir: Path, cfg: DataConfig, out_dir: Path | None) -> tuple[Path, dict[str, Any]]:
+def evaluate_point(run_dir: Path, cfg: DataConfig | None, out_dir: Path | None) -> tuple[Path, dict[str, Any]]:
+    """The run's eval.json on the test split of `cfg`, or of the run's own data when None."""
     saved = load_seeds(run_dir)
+    cfg = cfg or own_data_config(run_dir)
     if getattr(cfg, "resize", saved.resize) != saved.resize:
         log.warning("%s was trained on images made square by %s; these are made square by data.resize=%s "
                     "(add data.resize=%s to match).", run_dir, saved.resize, cfg.resize, saved.resize)
@@ -102,18 +151,6 @@ def evaluate_point(run_dir: Path, cfg: DataConfig, out_dir: Path | None) -> tupl
     return out, report
 
 
-def sweep_points(directory: Path) -> list[Path]:
-    """The directory itself when it is a run, else every run below it (a sweep), in job order."""
-    if (directory / RESULTS).is_file():
-        return [directory]
-    points = sorted((p.parent for p in directory.rglob(RESULTS) if "eval" not in p.parent.parts),
-                    key=lambda p: [int(part) if part.isdigit() else part for part in p.parts])
-    if not points:
-        raise PneumolabError(f"{directory} holds no finished run (no results.json in it or below it). Give a run "
-                             "directory, a sweep point or a sweep directory.")
-    return points
-
-
 def write_table(path: Path, rows: list[dict[str, Any]]) -> None:
     with atomic_open(path, "w") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]), lineterminator="\n")
@@ -121,38 +158,67 @@ def write_table(path: Path, rows: list[dict[str, Any]]) -> None:
         writer.writerows(rows)
 
 
-def evaluate_sweep(sweep_dir: Path, points: list[Path], cfg: DataConfig, out_dir: Path | None) -> None:
-    """Every point's eval.json, and eval.csv: one row per point."""
-    rows = []
-    for point in points:
-        _, report = evaluate_point(point, cfg, None)
-        rows.append({"point": str(point.relative_to(sweep_dir)), "data": report["data"],
-                     **{f"{k}_{stat}": report["summary"][k][stat] for k in ("test_acc", "test_auc")
-                        for stat in ("mean", "std", "ci95_low", "ci95_high")},
-                     "ensemble_test_acc": report["ensemble"]["test_acc"]})
-    table = (out_dir or sweep_dir / "eval" / cfg.name) / "eval.csv"
-    write_table(table, rows)
-    log.info("%d points -> %s", len(rows), table)
+def point_row(point: Point, sweep_dir: Path, cfg: DataConfig | None) -> dict[str, Any]:
+    """A point's row of eval.csv, evaluated (its eval.json written) unless it failed, as summary.csv lists it:
+    a point that failed to train, or whose seeds cannot be applied (every one diverged), has status failed
+    and the reason, and the others are evaluated all the same."""
+    row: dict[str, Any] = {"point": label_point(point, sweep_dir), "overrides": " ".join(point.overrides),
+                           "status": "failed", "error": point.error, "data": None,
+                           **dict.fromkeys(f"{key}_{stat}" for key in TABLE_METRICS for stat in TABLE_STATS),
+                           "ensemble_test_acc": None}
+    if not point.ok:
+        return row
+    try:
+        _, report = evaluate_point(point.job_dir, cfg, None)
+    except PneumolabError as exc:
+        return {**row, "error": str(exc)}
+    summary = report["summary"]
+    return {**row, "status": "ok", "data": report["data"],
+            **{f"{key}_{stat}": summary[key][stat] for key in TABLE_METRICS for stat in TABLE_STATS},
+            "ensemble_test_acc": report["ensemble"]["test_acc"]}
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    prog = "pneumolab-eval"
-    args = tool_arguments(prog, __doc__, argv, {
+def own_data_names(points: list[Point]) -> str:
+    """The name of the data the points were trained on, as a run's eval/<name>/ names it; several joined by +."""
+    names = {point.config["data"].get("name") for point in points if isinstance(point.config.get("data"), dict)}
+    return "+".join(sorted(str(name) for name in names)) or "own"
+
+
+def evaluate_sweep(sweep_dir: Path, cfg: DataConfig | None, out_dir: Path | None) -> bool:
+    """Every point's eval.json, and eval.csv with one row per point; True when every point was evaluated.
+
+    Without `cfg` each point is evaluated on its own data. The files appear together once every point is
+    done (files.written_together): a stopped evaluation leaves the previous one whole.
+    """
+    points = find_points([sweep_dir])
+    if not points:
+        raise PneumolabError(f"{sweep_dir} holds no finished run (no results.json or error.json in it or below it). "
+                             "Give a run directory, a sweep point or a sweep directory.")
+    with written_together():
+        rows = [point_row(point, sweep_dir, cfg) for point in points]
+        table = (out_dir or sweep_dir / "eval" / (cfg.name if cfg else own_data_names(points))) / "eval.csv"
+        write_table(table, rows)
+    failed = [row for row in rows if row["status"] != "ok"]
+    for row in failed:
+        log.error("failed point %s (%s): %s", row["point"], row["overrides"], row["error"])
+    log.info("%d points (%d failed) -> %s", len(rows), len(failed), table)
+    return not failed
+
+
+@side_command("pneumolab-eval")
+def main(argv: Sequence[str] | None = None) -> int:
+    args = tool_arguments("pneumolab-eval", __doc__, argv, {
         "run_dir": {"type": Path, "help": "a finished run, a sweep point, or a sweep directory"},
         "overrides": {"nargs": "*", "help": "data overrides as pneumolab takes them, e.g. data=pneumoniamnist"},
         "--out": {"type": Path, "help": "where eval.json (or a sweep's eval.csv) goes"},
     })
-    try:
-        run_dir = args.run_dir.expanduser()
-        points = sweep_points(run_dir)
-        cfg = data_config(points[0], args.overrides)
-        if len(points) == 1:
-            evaluate_point(points[0], cfg, args.out)
-        else:
-            evaluate_sweep(run_dir, points, cfg, args.out)
-    except PneumolabError as exc:
-        fail(prog, str(exc))
+    run_dir = args.run_dir.expanduser()
+    cfg = data_config(args.overrides) if args.overrides else None
+    if (run_dir / RESULTS).is_file() or (run_dir / FAILURE).is_file():  # a run or one sweep point
+        evaluate_point(run_dir, cfg, args.out)
+        return 0
+    return 0 if evaluate_sweep(run_dir, cfg, args.out) else 1
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -1,28 +1,32 @@
-"""How a `pneumolab` process ends when it does not finish: never with a traceback.
+"""How a `pneumolab` process, or one of its side commands, ends when it does not finish: never with a traceback.
 
 - An input problem, Hydra's own included (a misspelt key, a wrong type, an unknown
-  option, an override it cannot parse), and a full or read-only output folder: one
+  option, an override it cannot parse), and a full, read-only or forbidden folder: one
   paragraph on stderr, exit 2.
 - Ctrl-C (SIGINT) and SIGTERM: one line saying what was stopped, what is kept and how
   to go on, exit 130 / 143. Forked worker processes (seed groups, image decoders)
   inherit the handler and leave at once; the parent stops them and removes its temp files.
 
+`handled(command)` does this for every command (`side_command` wraps a side command's main).
 Hydra reports its errors itself and calls sys.exit(1), unless HYDRA_FULL_ERROR is set: then
-it raises them. `handled` sets it for the call, so the exceptions themselves arrive here.
+it raises them. `hydra_raises` sets it around the app, so the exceptions themselves arrive here.
 """
 
 from __future__ import annotations
 
+import errno
+import functools
 import multiprocessing
 import os
 import shlex
 import signal
+import subprocess
 import sys
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, TypeVar
 
 from hydra.errors import HydraException
 from hydra.experimental.callback import Callback
@@ -33,7 +37,10 @@ from pneumolab.errors import PneumolabError
 from pneumolab.cli.guards import check_output_dir
 from pneumolab.cli.rundir import undo_start
 
+MAIN = "pneumolab"
 INPUT_PROBLEM = 2
+# Set for a `pneumolab` started by a side command (pneumolab-report): that command prints the one line of a stop.
+PARENT_REPORTS_STOPS = "PNEUMOLAB_PARENT_REPORTS_STOPS"
 # Seconds an interrupted process has to stop its workers and clean up before it is ended outright.
 GRACE_S = 10.0
 SIGNALS = {signal.SIGINT: "Ctrl-C (SIGINT)", signal.SIGTERM: "SIGTERM"}
@@ -53,8 +60,9 @@ class Interrupted(KeyboardInterrupt):
 
 @dataclass
 class Whereabouts:
-    """What this process is running, as Hydra's callbacks report it."""
+    """What this process is running: which command, and the sweep or job Hydra's callbacks report."""
 
+    command: str = MAIN
     sweep_dir: Path | None = None
     job_dir: Path | None = None
 
@@ -107,12 +115,21 @@ def _on_signal(signum: int, _frame: Any) -> None:
 def _force_exit(signum: int) -> None:
     for child in multiprocessing.active_children():
         child.kill()
-    print(interruption_line(signum), file=sys.stderr, flush=True)
+    report_stop(signum)
     os._exit(128 + signum)
 
 
+def report_stop(signum: int) -> None:
+    if not os.environ.get(PARENT_REPORTS_STOPS):
+        print(interruption_line(signum), file=sys.stderr, flush=True)
+
+
 def interruption_line(signum: int) -> str:
-    stopped = f"pneumolab: stopped by {SIGNALS.get(signum, f'signal {signum}')}"
+    stopped = f"{_now.command}: stopped by {SIGNALS.get(signum, f'signal {signum}')}"
+    if _now.command != MAIN:
+        # Side commands write every output atomically, and several files that belong together at once.
+        return (f"{stopped}; the files it had finished are whole and those it had not are left as they were. "
+                "Run the same command again to finish.")
     if _now.sweep_dir is not None:
         done = sum(1 for _ in _now.sweep_dir.glob("*/results.json"))
         resume = shlex.quote(f"hydra.sweep.dir={_now.sweep_dir}")
@@ -141,29 +158,44 @@ def hydra_paragraph(exc: BaseException) -> str:
     return f"{' '.join(lines).rstrip(';')}. {HYDRA_FIX}"
 
 
+def disk_paragraph(exc: OSError) -> str:
+    """A file the command could not read or write, why, and the fix."""
+    what = f"{exc.filename}: {exc.strerror}" if exc.filename else (exc.strerror or str(exc))
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        fix = "The disk is full: free some space, or choose an output folder on another disk (--out)."
+    elif exc.errno == errno.EROFS:
+        fix = "The file system is read-only: choose an output folder on a writable disk (--out)."
+    elif exc.errno in (errno.EACCES, errno.EPERM):
+        fix = "Give yourself access to it (chmod, chown), or choose an output folder you may write to (--out)."
+    else:
+        fix = "Check that the path exists and its disk works, then run the command again."
+    return f"cannot use {what}. {fix}"
+
+
 def fail(message: str) -> None:
-    print(f"pneumolab: error: {message}", file=sys.stderr)
+    print(f"{_now.command}: error: {message}", file=sys.stderr)
     sys.exit(INPUT_PROBLEM)
 
 
 @contextmanager
-def handled() -> Iterator[None]:
-    """Run the app with input problems and stop signals turned into their one paragraph and exit code.
+def handled(command: str = MAIN) -> Iterator[None]:
+    """Run `command` with input and disk problems and stop signals turned into their one paragraph or line
+    and exit code.
 
     A user who set HYDRA_FULL_ERROR=1 asked for Hydra's tracebacks and gets them.
     """
     global _main_pid
     _main_pid = os.getpid()
+    caller, _now.command = _now.command, command
     user_wants_tracebacks = bool(os.environ.get("HYDRA_FULL_ERROR"))
     previous = {signum: signal.signal(signum, _on_signal) for signum in SIGNALS}
-    os.environ["HYDRA_FULL_ERROR"] = "1"
     try:
         yield
     except Interrupted as exc:
-        print(interruption_line(exc.signum), file=sys.stderr)
+        report_stop(exc.signum)
         sys.exit(128 + exc.signum)
     except KeyboardInterrupt:
-        print(interruption_line(signal.SIGINT), file=sys.stderr)
+        report_stop(signal.SIGINT)
         sys.exit(128 + signal.SIGINT)
     except PneumolabError as exc:
         undo_start()  # refused before anything trained (e.g. SLURM took no job): the folder goes, or is as it was
@@ -173,8 +205,61 @@ def handled() -> Iterator[None]:
             raise
         undo_start()
         fail(hydra_paragraph(exc))
+    except OSError as exc:
+        undo_start()
+        fail(disk_paragraph(exc))
     finally:
-        if not user_wants_tracebacks:
-            os.environ.pop("HYDRA_FULL_ERROR", None)
+        _now.command = caller  # a test that runs a command in-process leaves the next one as it was
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+
+
+@contextmanager
+def hydra_raises() -> Iterator[None]:
+    """Hydra raises its errors instead of printing them, so that `handled` reports them (see the top)."""
+    user_set = "HYDRA_FULL_ERROR" in os.environ
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    try:
+        yield
+    finally:
+        if not user_set:
+            os.environ.pop("HYDRA_FULL_ERROR", None)
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def side_command(command: str) -> Callable[[F], F]:
+    """A side command's main(argv), run under `handled(command)`."""
+
+    def wrap(main: F) -> F:
+        @functools.wraps(main)
+        def run(*args: Any, **kwargs: Any) -> Any:
+            with handled(command):
+                return main(*args, **kwargs)
+
+        return run  # type: ignore[return-value]
+
+    return wrap
+
+
+def run_child(command: list[str]) -> int:
+    """Run a `pneumolab` command as a child process and return its exit code; a stop is passed on to it.
+
+    The child has a session of its own, so a terminal's Ctrl-C reaches it once, from here, and a SIGTERM
+    sent here reaches it too; it stops as `pneumolab` does, without its own line (this process prints the
+    one line). A child still busy after GRACE_S is killed.
+    """
+    child = None
+    try:
+        child = subprocess.Popen(command, start_new_session=True, env={**os.environ, PARENT_REPORTS_STOPS: "1"})
+        return child.wait()
+    except KeyboardInterrupt as exc:
+        if child is not None:  # else the signal came before the child existed
+            child.send_signal(exc.signum if isinstance(exc, Interrupted) else signal.SIGINT)
+            try:
+                child.wait(timeout=GRACE_S / 2)  # before this process's own clock (GRACE_S) ends it
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
+        raise

@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from pneumolab.config import Config, config_dir, layer_sizes, register_configs, to_settings
 from pneumolab.errors import PneumolabError
 from pneumolab.record.metric_table import mean_std_percent
-from pneumolab.cli.exits import handled
+from pneumolab.cli.exits import handled, hydra_raises
 from pneumolab.cli.rundir import undo_start  # also registers ${pneumolab_unique:} before Hydra resolves a directory
 from pneumolab.outputs.tracking import check_tracker_installed, track_job
 from pneumolab.record.names import CALIBRATION_PNG, CURVES_PNG, ROC_PNG
@@ -264,7 +264,7 @@ def main() -> None:
     except PneumolabError as exc:
         print(f"pneumolab: error: {exc}", file=sys.stderr)
         sys.exit(2)
-    with handled():  # input problems exit 2, Ctrl-C / SIGTERM 130 / 143, one line each
+    with handled(), hydra_raises():  # input problems exit 2, Ctrl-C / SIGTERM 130 / 143, one line each
         hydra_entry()
     from pneumolab.analysis.sweep import failed_jobs_in_last_sweep
 

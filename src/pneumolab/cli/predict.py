@@ -19,7 +19,7 @@ import io
 import logging
 import sys
 from pathlib import Path
-from typing import NoReturn, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -28,6 +28,7 @@ from PIL import Image
 from pneumolab.outputs.checkpoint import SavedSeeds, load_seeds
 from pneumolab.data.dataset import CLASSES
 from pneumolab.errors import PneumolabError
+from pneumolab.cli.exits import side_command
 from pneumolab.files import atomic_write_text
 from pneumolab.data.folder import decode_images, to_square, walk_files
 
@@ -100,11 +101,6 @@ def predict(run_dir: Path, inputs: Sequence[str]) -> str:
     return prediction_table(saved, names, saved.log_odds(images, terminal_progress))
 
 
-def fail(prog: str, message: str) -> NoReturn:
-    print(f"{prog}: error: {message}", file=sys.stderr)
-    sys.exit(2)
-
-
 def tool_arguments(prog: str, doc: str, argv: Sequence[str] | None, add: dict[str, dict]) -> argparse.Namespace:
     """Parse a saved-seeds tool's command line (RUN_DIR first) and set it up: log lines on stderr, one thread."""
     parser = argparse.ArgumentParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -116,6 +112,7 @@ def tool_arguments(prog: str, doc: str, argv: Sequence[str] | None, add: dict[st
     return args
 
 
+@side_command("pneumolab-predict")
 def main(argv: Sequence[str] | None = None) -> None:
     prog = "pneumolab-predict"
     args = tool_arguments(prog, __doc__, argv, {
@@ -123,19 +120,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         "paths": {"nargs": "+", "help": "image files, folders of images, or npz files"},
         "--out": {"type": Path, "help": "write the CSV here instead of to stdout"},
     })
-    try:
-        table = predict(args.run_dir.expanduser(), args.paths)
-        if args.out:
-            out = args.out.expanduser().absolute()
-            atomic_write_text(out, table)
-            count = sum(1 for _ in csv.reader(io.StringIO(table))) - 1  # the rows below the header
-            print(f"{prog}: wrote the predictions for {count} image{'' if count == 1 else 's'} to {out}")
-        else:
-            sys.stdout.write(table)
-    except PneumolabError as exc:
-        fail(prog, str(exc))
-    except OSError as exc:
-        fail(prog, f"cannot write {exc.filename or args.out} ({exc.strerror}). Choose a writable --out path.")
+    table = predict(args.run_dir.expanduser(), args.paths)
+    if args.out:
+        out = args.out.expanduser().absolute()
+        atomic_write_text(out, table)
+        count = sum(1 for _ in csv.reader(io.StringIO(table))) - 1  # the rows below the header
+        print(f"{prog}: wrote the predictions for {count} image{'' if count == 1 else 's'} to {out}")
+    else:
+        sys.stdout.write(table)
 
 
 if __name__ == "__main__":

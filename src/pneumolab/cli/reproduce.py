@@ -14,6 +14,7 @@ import os
 import sys
 from pathlib import Path
 
+from pneumolab.cli.exits import side_command
 from pneumolab.analysis.report import REPORT_MD, build_report, find_sweep_dir, has_jobs, run_sweep, sweep_overrides
 
 DEFAULT_OUT = Path("outputs/report")
@@ -47,6 +48,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+@side_command("pneumolab-report")
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     returncode = 0

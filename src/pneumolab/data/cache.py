@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from pneumolab.config import cache_root
+from pneumolab.cli.exits import side_command
 from pneumolab.files import atomic_write_text, human_size
 
 log = logging.getLogger("pneumolab")
@@ -259,6 +260,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+@side_command("pneumolab-cache")
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     root = cache_root(str(args.dir) if args.dir else None)
