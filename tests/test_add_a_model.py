@@ -75,7 +75,7 @@ def test_a_model_added_as_two_files_trains_predicts_evaluates_and_is_named(packa
     results = json.loads((new / "results.json").read_text())
     assert [s["seed"] for s in results["per_seed"]] == [0, 1]
     assert results["inference"]["model"]["widths"] == [12]
-    assert "model=twolayer" in (new / "main.log").read_text() or "model=twolayer" in out.stdout + out.stderr
+    assert "model=twolayer" in (new / "cli.log").read_text()
     summary = (sweep / "summary.md").read_text()
     assert "model=twolayer" in summary and "model=mlp" in summary
 

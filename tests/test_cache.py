@@ -19,7 +19,7 @@ from pneumolab.files import human_size
 
 def cache_command() -> list[str]:
     script = Path(sys.executable).parent / "pneumolab-cache"
-    return [str(script)] if script.exists() else [sys.executable, "-m", "pneumolab.data.cache"]
+    return [str(script)] if script.exists() else [sys.executable, "-m", "pneumolab.cli.cache"]
 
 
 def npz_bytes(**arrays) -> bytes:
@@ -33,7 +33,7 @@ def npz_bytes(**arrays) -> bytes:
 RELEASE = npz_bytes(train_images=np.zeros((10, 28, 28), np.uint8))
 RELEASE_MD5 = hashlib.md5(RELEASE).hexdigest()
 WITH_RELEASE_MD5 = ("import sys; import pneumolab.data.medmnist as m; m.MD5[28] = sys.argv[1]; "
-                    "from pneumolab.data.cache import main; sys.exit(main(sys.argv[2:]))")
+                    "from pneumolab.cli.cache import main; sys.exit(main(sys.argv[2:]))")
 
 
 def run(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from conftest import copy_tiny_xray, pneumolab_command, subprocess_env
-from pneumolab.data import cache
+from pneumolab.cli import cache
 from pneumolab.data import medmnist
 from pneumolab.cli import predict
 from pneumolab.cli.main import describe_settings

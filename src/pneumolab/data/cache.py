@@ -17,12 +17,10 @@ pneumolab's and never deleted.
 
 from __future__ import annotations
 
-import argparse
 import functools
 import hashlib
 import logging
 import re
-import sys
 import zipfile
 from dataclasses import dataclass
 from datetime import datetime
@@ -30,8 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pneumolab.config import cache_root
-from pneumolab.cli.exits import side_command
+from pneumolab.data.release import MD5, size_suffix
 from pneumolab.files import atomic_write_text, human_size
 
 log = logging.getLogger("pneumolab")
@@ -105,15 +102,11 @@ def is_pneumolab_file(root: Path, f: CacheFile, check_contents: bool) -> bool:
 
 
 def official_release_name(size: int) -> str | None:
-    from pneumolab.data.medmnist import MD5, size_suffix  # torch comes with it: only when there is a download to check
-
     return f"pneumoniamnist{size_suffix(size)}.npz" if size in MD5 else None
 
 
 def is_official_release(path: Path, size: int) -> bool:
     """Whether `path` is byte for byte the MedMNIST release pneumolab downloads (its MD5 is the release's)."""
-    from pneumolab.data.medmnist import MD5
-
     try:
         stat = path.stat()
         return file_md5(path, stat.st_size, stat.st_mtime_ns) == MD5[size]
@@ -245,32 +238,3 @@ def mention_large_cache(root: Path) -> None:
     if total > LARGE_CACHE_BYTES:
         log.warning("the cache %s holds %s; `pneumolab-cache list` shows what, `pneumolab-cache clear` frees it",
                     root, human_size(total))
-
-
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="pneumolab-cache", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dir", type=Path, help="the cache folder (default: $PNEUMOLAB_DATA, else ~/.cache/pneumolab)")
-    commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("list", help="what the cache holds, with sizes")
-    clear = commands.add_parser("clear", help="delete the cached files (all of them, or one kind)")
-    only = clear.add_mutually_exclusive_group()
-    only.add_argument("--downloads", action="store_true", help="only the PneumoniaMNIST downloads")
-    only.add_argument("--images", action="store_true", help="only the decoded images of data=folder")
-    return parser.parse_args(argv)
-
-
-@side_command("pneumolab-cache")
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    root = cache_root(str(args.dir) if args.dir else None)
-    if args.command == "list":
-        print(list_cache(root))
-    else:
-        kinds = ("downloads",) if args.downloads else ("images",) if args.images else tuple(KINDS)
-        print(clear_cache(root, kinds))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -32,6 +32,7 @@ from PIL import Image
 
 from pneumolab.config import FolderDataConfig
 from pneumolab.cores import usable_cores
+from pneumolab.data.cache import note_source
 from pneumolab.data.dataset import CLASSES, DataPlan, Dataset, Split, stratified_holdout
 from pneumolab.errors import PneumolabError
 from pneumolab.files import atomic_open
@@ -88,8 +89,6 @@ def load_folder(cfg: FolderDataConfig) -> Dataset:
     images = load_decoded(files, cfg.image_size, cfg.resize, cfg.resolved_cache_dir() / "folder")
     cache = cfg.resolved_cache_dir() / "folder" / f"{cache_key(files, cfg.image_size, cfg.resize)}.npz"
     if cache.is_file():  # what `pneumolab-cache list` says it came from
-        from pneumolab.data.cache import note_source
-
         note_source(cfg.resolved_cache_dir(), cache, f"{root.absolute()} ({cfg.image_size} px, {cfg.resize})")
     splits = {
         name: Split(torch.from_numpy(images[name][:, None]), torch.tensor([f.label for f in files[name]], dtype=torch.int64))

@@ -20,21 +20,14 @@ import numpy as np
 import torch
 
 from pneumolab.config import PneumoniaMNISTDataConfig
+from pneumolab.data.cache import note_source
 from pneumolab.data.dataset import DataPlan, Dataset, Split
+from pneumolab.data.release import MD5, size_suffix
 from pneumolab.errors import PneumolabError
 from pneumolab.files import create_temp_beside, human_size, unwritable_reason
 
 log = logging.getLogger(__name__)
 
-# Official checksums per image size, from the medmnist package 3.0.2,
-# medmnist/info.py, INFO["pneumoniamnist"]["MD5"], ["MD5_64"], ["MD5_128"], ["MD5_224"]
-# (https://github.com/MedMNIST/MedMNIST/blob/main/medmnist/info.py).
-MD5 = {
-    28: "28209eda62fecd6e6a2d98b1501bb15f",
-    64: "8f4eceb4ccffa70c672198ea285246c6",
-    128: "05b46931834c231683c68f40c47b2971",
-    224: "d6a3c71de1b945ea11211b03746c1fe1",
-}
 RECORD_PAGE = "https://zenodo.org/records/10519652"
 SPLITS = ("train", "val", "test")
 DOWNLOAD_TIMEOUT_S = 60.0
@@ -104,11 +97,6 @@ def npz_image_shapes(path: Path) -> list[tuple[int, ...]] | None:
     return shapes if all(len(shape) >= 3 for shape in shapes) else None
 
 
-def size_suffix(size: int) -> str:
-    """How the release names its files: pneumoniamnist.npz at 28 px, pneumoniamnist_<size>.npz otherwise."""
-    return "" if size == 28 else f"_{size}"
-
-
 def cached_npz(cfg: PneumoniaMNISTDataConfig) -> Path:
     return cfg.resolved_cache_dir() / f"pneumoniamnist{size_suffix(cfg.size)}.npz"
 
@@ -117,8 +105,6 @@ def fetch(cfg: PneumoniaMNISTDataConfig) -> Path:
     """The cached npz for `cfg.size`, downloaded and checked first if it is not there yet."""
     dest = cached_npz(cfg)
     if not dest.is_file():
-        from pneumolab.data.cache import note_source
-
         url = cfg.url.format(suffix=size_suffix(cfg.size))
         download(url, dest, MD5[cfg.size])
         note_source(cfg.resolved_cache_dir(), dest, f"{url} (MD5 {MD5[cfg.size]})")  # what `pneumolab-cache list` says it came from
