@@ -25,7 +25,7 @@ from pneumolab.metric_table import mean_std_percent
 from pneumolab.exits import handled
 from pneumolab.rundir import undo_start  # also registers ${pneumolab_unique:} before Hydra resolves a directory
 from pneumolab.extras import require_extras_for_arguments
-from pneumolab.tracking import check_tracker_installed, track_job
+from pneumolab.tracking import check_tracker_installed, check_tracker_reachable, track_job
 
 log = logging.getLogger("pneumolab")
 
@@ -66,6 +66,7 @@ def run_job(cfg: DictConfig, job_dir: Path, overrides: list[str], cores: int = 1
     # Before the heavy imports, so that a config mistake is reported in a second, not in five.
     settings = to_settings(cfg)
     check_tracker_installed(settings.logger)
+    check_tracker_reachable(settings.logger)
     from pneumolab.cache import mention_large_cache
     from pneumolab.results import RESULTS
     from pneumolab.resume import reusable_results
