@@ -29,7 +29,7 @@ from pneumolab.metrics import ALPHA, compare_seeds, holm
 from pneumolab.plots import plot_curves_grid, plot_summary
 from pneumolab.results import FAILURE, METRICS_CSV, RESULTS, read_json, read_metrics_csv
 from pneumolab.points import all_pneumonia_rate, natural_key, read_point
-from pneumolab.summary_md import p_phrase
+from pneumolab.summary_md import p_phrase, seeds_tested
 
 REPORT_MD = "REPORT.md"
 RUN_RECORD = "reproduce_run.json"
@@ -613,7 +613,7 @@ def heads_section(report: Report) -> list[str]:
         rows.append([
             c.label, f"Fig. {c.bce}: {mean_std(report.stat(c.bce))} (n={report.stat(c.bce)['n']})",
             f"Fig. {c.ce}: {mean_std(report.stat(c.ce))} (n={report.stat(c.ce)['n']})",
-            signed_pp(test["diff"]), test_name(test), DASH if test["t"] is None else f"{test['t']:.4f}",
+            signed_pp(test["diff"]), seeds_tested(test, report.stat(c.bce)["n"], report.stat(c.ce)["n"]), DASH if test["t"] is None else f"{test['t']:.4f}",
             DASH if test["p"] is None else f"{test['p']:.4g}", DASH if p_holm is None else f"{p_holm:.4g}",
             "yes" if p_holm is not None and p_holm < ALPHA else "no",
             DASH if power["min_detectable"] is None else f"{100 * power['min_detectable']:.2f}",
@@ -634,11 +634,6 @@ def heads_section(report: Report) -> list[str]:
         "*seeds needed*: seeds per side that find the observed difference with 80 % power.", "",
         *markdown_table(header, rows),
     ]
-
-
-def test_name(test: dict) -> str:
-    """"paired, 5 seeds" or "Welch"."""
-    return f"paired, {len(test['seeds'])} seeds" if test["kind"] == "paired" else test["kind"]
 
 
 def trend_section(report: Report, trend: Trend) -> list[str]:

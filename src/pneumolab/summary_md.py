@@ -231,13 +231,13 @@ def describe_comparison(c: Comparison, out_dir: Path) -> str:
             f"(points {label_point(c.a, out_dir)} and {label_point(c.b, out_dir)})")
 
 
-def test_text(c: Comparison) -> str:
-    """Which test ran on which seeds: "paired, 5 seeds", "paired, 3 seeds (2 not on both sides left out)",
-    "Welch, 3 vs 5 seeds"."""
-    if c.test["kind"] == "paired":
-        left_out = c.test["left_out"]
-        return f"paired, {len(c.test['seeds'])} seeds" + (f" ({left_out} not on both sides left out)" if left_out else "")
-    return f"Welch, {c.a.n_values(c.metric)} vs {c.b.n_values(c.metric)} seeds"
+def seeds_tested(test: dict[str, Any], n_a: int, n_b: int) -> str:
+    """Which test ran on which seeds (`metrics.compare_seeds`; n_a and n_b seeds with a value): "paired, 5 seeds",
+    "paired, 3 seeds (2 not on both sides left out)", "Welch, 3 vs 5 seeds"."""
+    if test["kind"] == "paired":
+        left_out = test["left_out"]
+        return f"paired, {len(test['seeds'])} seeds" + (f" ({left_out} not on both sides left out)" if left_out else "")
+    return f"Welch, {n_a} vs {n_b} seeds"
 
 
 def comparison_row(c: Comparison, out_dir: Path) -> list[str]:
@@ -249,17 +249,17 @@ def comparison_row(c: Comparison, out_dir: Path) -> list[str]:
         detectable_text = diff_text(c.metric, detectable).lstrip("+")
         needed_text = DASH if needed is None else str(needed)
     return [f"{side(c, c.a, out_dir)} vs {side(c, c.b, out_dir)}{context}", diff_text(c.metric, c.test["diff"]),
-            test_text(c), p_text(c.test["p"]), p_text(c.p_holm), verdict(c), detectable_text, needed_text,
+            seeds_tested(c.test, c.a.n_values(c.metric), c.b.n_values(c.metric)), p_text(c.test["p"]), p_text(c.p_holm), verdict(c), detectable_text, needed_text,
             f"{label_point(c.a, out_dir)} vs {label_point(c.b, out_dir)}"]
 
 
 def repeats_text(summary: "Summary", out_dir: Path) -> str:
     """The pairs left untested because a tested pair asks the same question."""
     listed = ", ".join(f"{label_point(a, out_dir)} vs {label_point(b, out_dir)}" for a, b in summary.repeats)
-    return (f"Not tested, as repeats ({listed}): these points hold the same settings as a tested pair, run again "
-            "with other seed counts, so they ask its question again on the same seeds, and as further tests they "
-            "would only weaken Holm's adjustment. Each question is tested once, on the pair that shares the most "
-            "seeds.")
+    return (f"Not tested, as repeats ({listed}): these points hold the same settings as a tested pair's, run again "
+            "(another sweep, other seed counts), so they ask its question again, largely on the same seeds, and as "
+            "further tests they would only weaken Holm's adjustment. Each question is tested once, on the pair that "
+            "shares the most seeds.")
 
 
 def scope_text(summary: "Summary") -> str:
