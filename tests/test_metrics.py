@@ -10,7 +10,8 @@ import pytest
 from scipy import stats
 
 from pneumolab.record.metrics import (
-    binary_metrics, ensemble_log_odds, holm, power_line, roc_curve, summarize, weighted_auc, welch_ttest,
+    binary_metrics, compare_seeds, ensemble_log_odds, holm, paired_ttest, power_line, roc_curve, summarize,
+    weighted_auc, welch_ttest,
 )
 
 
@@ -183,6 +184,49 @@ def test_welch_zero_variance_and_small_n():
     assert with_missing == welch_ttest([1.0, 2.0, 3.0], [4.0, 6.0, 8.0])
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_paired_test_matches_scipys_ttest_rel(seed):
+    rng = np.random.default_rng(seed)
+    shared = rng.normal(0.75, 0.03, size=rng.integers(2, 9))  # what a seed does to both settings alike
+    a, b = shared + rng.normal(0, 0.005, shared.size), shared + rng.normal(0.004, 0.005, shared.size)
+    reference = stats.ttest_rel(a, b)
+    r = paired_ttest(list(a), list(b))
+    assert r["t"] == pytest.approx(reference.statistic, rel=1e-10)
+    assert r["p"] == pytest.approx(reference.pvalue, rel=1e-8)
+    assert r["diff"] == pytest.approx(float(np.mean(a - b)), rel=1e-12)
+    json.dumps(r)
+
+
+def test_paired_test_edge_cases():
+    # A seed diverged on one side: that pair is left out.
+    assert paired_ttest([0.7, None, 0.72, 0.75], [0.71, 0.8, 0.74, 0.78]) == paired_ttest([0.7, 0.72, 0.75],
+                                                                                         [0.71, 0.74, 0.78])
+    assert paired_ttest([0.7, 0.8], [0.6, None]) == {"diff": pytest.approx(0.1), "t": None, "p": None,
+                                                     "significant": False}
+    # Every seed moved by exactly the same amount: no variance, as in the Welch test.
+    assert paired_ttest([0.7, 0.8], [0.7, 0.8])["p"] == 1.0
+    assert paired_ttest([1.0, 0.75], [0.5, 0.25])["p"] == 0.0  # exact binary fractions: both differ by 0.5
+
+
+def test_shared_seeds_are_paired_and_the_rest_left_out_else_welch():
+    """A 3-seed run against a 5-seed one that shares seeds 0-2: paired on those three, the two more left out.
+    The shared seed's own effect (a common offset) is what pairing removes: Welch sees only noise."""
+    a = {0: 0.70, 1: 0.76, 2: 0.73}
+    b = {0: 0.72, 1: 0.781, 2: 0.749, 3: 0.71, 4: 0.77}
+    test, power = compare_seeds(a, b)
+    reference = stats.ttest_rel([0.70, 0.76, 0.73], [0.72, 0.781, 0.749])
+    assert (test["kind"], test["seeds"], test["left_out"]) == ("paired", [0, 1, 2], 2)
+    assert test["p"] == pytest.approx(reference.pvalue, rel=1e-9) and test["p"] < 0.001
+    welch = stats.ttest_ind(list(a.values()), list(b.values()), equal_var=False).pvalue
+    assert welch > 0.5  # the same numbers as independent samples: no difference seen
+    assert power["std"] == pytest.approx(np.std([-0.02, -0.021, -0.019], ddof=1))
+    # A diverged seed (None) is no shared seed; one shared seed is not enough to pair: Welch over all.
+    test, power = compare_seeds({0: 0.70, 1: None, 5: 0.74}, {0: 0.72, 1: 0.79, 6: 0.71})
+    assert test["kind"] == "Welch" and test["seeds"] == [] and test["left_out"] == 0
+    assert test["p"] == pytest.approx(stats.ttest_ind([0.70, 0.74], [0.72, 0.79, 0.71], equal_var=False).pvalue)
+    assert power == power_line([0.70, 0.74], [0.72, 0.79, 0.71])
+
+
 def test_a_fractions_interval_is_clipped_to_0_1_and_says_so():
     # Two seeds far apart: the t interval (12.7 std errors wide) reaches far past both bounds.
     s = summarize([0.05, 0.95])
@@ -239,9 +283,9 @@ def test_holm_by_hand():
 
 
 def test_power_line_edge_cases():
-    assert power_line([0.7], [0.8, 0.9]) == {"pooled_std": None, "min_detectable": None, "seeds_needed": None}
+    assert power_line([0.7], [0.8, 0.9]) == {"std": None, "min_detectable": None, "seeds_needed": None}
     flat = power_line([0.7, 0.7], [0.7, 0.7])
-    assert flat["pooled_std"] == 0 and flat["seeds_needed"] is None
+    assert flat["std"] == 0 and flat["seeds_needed"] is None
     # 0.05 points apart with a 5-point spread: about 157,000 seeds per side, beyond any practical number.
     assert power_line([0.70, 0.80, 0.75], [0.7005, 0.8005, 0.7505])["seeds_needed"] is None
     assert power_line([0.70, 0.80, 0.75], [0.705, 0.805, 0.755])["seeds_needed"] == pytest.approx(1570, abs=5)
@@ -258,7 +302,7 @@ def test_power_lines_compute_the_noncentrality_once_and_equal_a_direct_computati
 
     from pneumolab.record import metrics
 
-    metrics._equal_seeds_grid.cache_clear()
+    metrics._seeds_grid.cache_clear()
     metrics._noncentrality.cache_clear()
     rng = np.random.default_rng(3)
     groups = [list(rng.normal(0.75 + 0.004 * i, 0.01, size)) for i, size in enumerate((5, 5, 3, 5, 4, 3, 5, 5))]
@@ -272,8 +316,8 @@ def test_power_lines_compute_the_noncentrality_once_and_equal_a_direct_computati
         n = np.arange(2, metrics.MAX_SEEDS + 1)
         grid = nctdtrinc(2 * n - 2, beta, stdtrit(2 * n - 2, t)) * pooled * np.sqrt(2 / n)
         enough = np.flatnonzero(grid <= abs(xa.mean() - xb.mean()))
-        assert line["pooled_std"] == pooled and line["min_detectable"] == float(direct)
+        assert line["std"] == pooled and line["min_detectable"] == float(direct)
         assert line["seeds_needed"] == (int(n[enough[0]]) if enough.size else None)
-    assert metrics._equal_seeds_grid.cache_info().misses == 1
+    assert metrics._seeds_grid.cache_info().misses == 1
     assert metrics._noncentrality.cache_info().misses == len({len(a) + len(b) - 2
                                                               for a, b in itertools.combinations(groups, 2)})

@@ -129,11 +129,17 @@ def test_csv_row_per_point_with_the_seed_statistics(grid: Path):
         assert int(row["n_diverged"]) == accs.count(None)
 
 
-def test_welch_test_for_each_pair_differing_in_one_setting_holm_adjusted(grid: Path):
+def shared_seed_values(a: list[float | None], b: list[float | None]) -> tuple[list[float], list[float]]:
+    """The values of the seeds (list positions) both sides scored: what a paired test takes."""
+    pairs = [(x, y) for x, y in zip(a, b) if x is not None and y is not None]
+    return [x for x, _ in pairs], [y for _, y in pairs]
+
+
+def test_each_pair_differing_in_one_setting_is_paired_on_its_seeds_and_holm_adjusted(grid: Path):
     sweep.write_summary(sweep.build_summary([grid]), grid)
     rows = markdown_rows((grid / "summary.md").read_text(), "Significance")
     # 0-1 and 2-10 differ in the head, 0-2 and 1-10 in the batch size; 0-10 and 1-2 in both: no test.
-    accs = {num: [a for a in a_s if a is not None] for num, (_, a_s) in GRID.items()}
+    accs = {num: a_s for num, (_, a_s) in GRID.items()}
     expected = {
         ("0", "1"): "head=bce vs head=ce at data.batch_size=32",
         ("0", "2"): "data.batch_size=32 vs data.batch_size=64 at head=bce",
@@ -141,16 +147,22 @@ def test_welch_test_for_each_pair_differing_in_one_setting_holm_adjusted(grid: P
         ("2", "10"): "head=bce vs head=ce at data.batch_size=64",
     }
     assert [row["comparison"] for row in rows] == list(expected.values())
-    raw = [stats.ttest_ind(accs[a], accs[b], equal_var=False).pvalue for a, b in expected]
+    # Every point ran seeds 0, 1, 2: each test pairs them; point 2's seed 2 diverged, so its pairs use 0 and 1.
+    paired = [shared_seed_values(accs[a], accs[b]) for a, b in expected]
+    raw = [stats.ttest_rel(x, y).pvalue for x, y in paired]
     reference = holm_by_hand(raw)
-    for row, (a, b), p, p_holm in zip(rows, expected, raw, reference):
-        assert row["points"].startswith(f"{a} vs {b} (")
+    for row, (a, b), (x, y), p, p_holm in zip(rows, expected, paired, raw, reference):
+        assert row["points"] == f"{a} vs {b}"
+        assert row["test"] == (f"paired, {len(x)} seeds" if "2" not in (a, b) else
+                               "paired, 2 seeds (1 not on both sides left out)")
         assert float(row["p"]) == pytest.approx(p, abs=5e-4)
         assert float(row["p (Holm)"]) == pytest.approx(p_holm, abs=5e-4)
         assert row["verdict"] == ("significant" if p_holm < 0.05 else "not significant")
-        assert row["difference"] == f"{100 * (np.mean(accs[a]) - np.mean(accs[b])):+.1f} pt"
-    # 0 vs 1 is significant alone (p = 0.03) but not after adjusting for four tests.
-    assert raw[0] < 0.05 and rows[0]["verdict"] == "not significant"
+        assert row["difference"] == f"{100 * (np.mean(x) - np.mean(y)):+.1f} pt"
+    comparisons = sweep.build_summary([grid]).comparisons
+    assert [c.test["p"] for c in comparisons] == pytest.approx(raw, rel=1e-9)
+    assert [c.test["t"] for c in comparisons] == pytest.approx([stats.ttest_rel(x, y).statistic for x, y in paired],
+                                                               rel=1e-9)
 
 
 def holm_by_hand(p: list[float]) -> list[float]:
@@ -163,24 +175,45 @@ def holm_by_hand(p: list[float]) -> list[float]:
     return adjusted
 
 
-def t_test_power(effect: float, n_a: int, n_b: int) -> float:
-    """Power of the two-sided 5 % two-sample t-test at standardised `effect`, from the noncentral t."""
-    df = n_a + n_b - 2
+def t_test_power(effect: float, n_a: int, n_b: int | None = None) -> float:
+    """Power of the two-sided 5 % t-test at standardised `effect`, from the noncentral t: two-sample of
+    n_a and n_b seeds, or paired on n_a seeds when n_b is None."""
+    df = n_a - 1 if n_b is None else n_a + n_b - 2
     crit = stats.t.ppf(0.975, df)
-    nc = effect * np.sqrt(n_a * n_b / (n_a + n_b))
-    return float(stats.nct.sf(crit, df, nc) + stats.nct.cdf(-crit, df, nc))
+    nc = effect * (np.sqrt(n_a) if n_b is None else np.sqrt(n_a * n_b / (n_a + n_b)))
+    # The wrong tail is below 1e-15 here; scipy's nct.cdf gives NaN for it at one degree of freedom.
+    return float(stats.nct.sf(crit, df, nc) + np.nan_to_num(stats.nct.cdf(-crit, df, nc)))
 
 
-def test_power_line_matches_the_noncentral_t(grid: Path):
+def test_power_line_of_a_paired_test_matches_the_noncentral_t(grid: Path):
     summary = sweep.build_summary([grid])
     for c in summary.comparisons:
-        a, b = ([v for v in p.seed_values() if v is not None] for p in (c.a, c.b))
-        pooled = np.sqrt(((len(a) - 1) * np.var(a, ddof=1) + (len(b) - 1) * np.var(b, ddof=1)) / (len(a) + len(b) - 2))
-        assert c.power["pooled_std"] == pytest.approx(pooled)
-        assert t_test_power(c.power["min_detectable"] / pooled, len(a), len(b)) == pytest.approx(0.8, abs=1e-3)
-        observed = abs(np.mean(a) - np.mean(b)) / pooled
+        x, y = shared_seed_values(c.a.seed_values(), c.b.seed_values())
+        d = np.subtract(x, y)
+        assert c.power["std"] == pytest.approx(np.std(d, ddof=1))
+        assert t_test_power(c.power["min_detectable"] / c.power["std"], len(d)) == pytest.approx(0.8, abs=1e-3)
+        observed = abs(np.mean(d)) / c.power["std"]
         needed = c.power["seeds_needed"]
-        assert t_test_power(observed, needed, needed) >= 0.8 > t_test_power(observed, needed - 1, needed - 1)
+        assert t_test_power(observed, needed) >= 0.8 > t_test_power(observed, needed - 1)
+
+
+def test_points_without_shared_seeds_get_welchs_test_and_its_power_line(tmp_path: Path):
+    write_point(tmp_path / "0", ["head=bce"], [0.70, 0.74, 0.72])
+    results = write_point(tmp_path / "1", ["head=ce"], [0.78, 0.81, 0.77, 0.79])
+    for entry in results["per_seed"]:
+        entry["seed"] += 10  # seeds 10..13: no seed in common with point 0
+    (tmp_path / "1" / "results.json").write_text(json.dumps(results))
+    sweep.write_summary(sweep.build_summary([tmp_path]), tmp_path)
+    (row,) = markdown_rows((tmp_path / "summary.md").read_text(), "Significance")
+    a, b = [0.70, 0.74, 0.72], [0.78, 0.81, 0.77, 0.79]
+    assert row["test"] == "Welch, 3 vs 4 seeds"
+    (c,) = sweep.build_summary([tmp_path]).comparisons
+    assert c.test["p"] == pytest.approx(stats.ttest_ind(a, b, equal_var=False).pvalue, rel=1e-9)
+    pooled = np.sqrt((2 * np.var(a, ddof=1) + 3 * np.var(b, ddof=1)) / 5)
+    assert c.power["std"] == pytest.approx(pooled)
+    assert t_test_power(c.power["min_detectable"] / pooled, 3, 4) == pytest.approx(0.8, abs=1e-3)
+    needed, observed = c.power["seeds_needed"], abs(np.mean(a) - np.mean(b)) / pooled
+    assert t_test_power(observed, needed, needed) >= 0.8 > t_test_power(observed, needed - 1, needed - 1)
 
 
 def test_all_pairs_on_request(grid: Path):
@@ -528,8 +561,9 @@ def test_exactly_one_resolved_key_differs_whatever_was_typed(tmp_path: Path):
     summary = sweep.build_summary([tmp_path / "a", tmp_path / "b"])
     (comparison,) = summary.comparisons
     assert comparison.differing == ("head",) and summary.swept == ["head"]
-    expected = stats.ttest_ind([0.70, 0.72, 0.71], [0.74, 0.75, 0.73], equal_var=False).pvalue
-    assert comparison.test["p"] == pytest.approx(expected, rel=1e-9)
+    # Both ran seeds 0, 1, 2 (b's trainer.seeds is a label, never a difference): paired on them.
+    expected = stats.ttest_rel([0.70, 0.72, 0.71], [0.74, 0.75, 0.73]).pvalue
+    assert comparison.test["kind"] == "paired" and comparison.test["p"] == pytest.approx(expected, rel=1e-9)
 
 
 def test_a_config_group_option_is_one_difference_with_the_keys_it_brings(tmp_path: Path):
@@ -548,23 +582,23 @@ def test_a_config_group_option_is_one_difference_with_the_keys_it_brings(tmp_pat
 # --- every summary metric can be compared: --metric ---------------------------------------------
 
 
-def test_summarize_metric_auc_gives_scipys_welch_p_on_the_per_seed_aucs(tmp_path: Path, capsys):
+def test_summarize_metric_auc_gives_scipys_paired_p_on_the_per_seed_aucs(tmp_path: Path, capsys):
     mlp_auc, cnn_auc = [0.861, 0.866, 0.858, 0.870, 0.863], [0.884, 0.889, 0.887, 0.892, 0.884]
     write_run(tmp_path / "0", resolved(), ["model=mlp"], [0.86, 0.87, 0.86, 0.87, 0.86], mlp_auc)
     write_run(tmp_path / "1", resolved(model={"name": "cnn", "channels": [16, 32]}), ["model=cnn"],
               [0.88, 0.87, 0.89, 0.88, 0.88], cnn_auc)
     sweep.summarize_main([str(tmp_path), "--metric", "test_auc"])
     markdown = capsys.readouterr().out
-    assert "Welch's t-test over seeds on AUC (`test_auc`;" in markdown
+    assert "A t-test over seeds on AUC (`test_auc`;" in markdown
     (row,) = markdown_rows(markdown, "Significance")
-    expected = stats.ttest_ind(mlp_auc, cnn_auc, equal_var=False).pvalue
+    expected = stats.ttest_rel(mlp_auc, cnn_auc).pvalue
     assert row["comparison"] == "model=mlp vs model=cnn"
     assert row["difference"] == f"{np.mean(mlp_auc) - np.mean(cnn_auc):+.3f}" == "-0.024"  # a fraction, not pt
     assert expected < 0.001 and row["p"] == "< 0.001"
     (comparison,) = sweep.build_summary([tmp_path], metric="test_auc").comparisons
     assert comparison.test["p"] == pytest.approx(expected, rel=1e-9)
     line = summary_md.describe_comparison(comparison, tmp_path)
-    assert line.startswith("model=mlp vs model=cnn: AUC -0.024, Welch p < 0.001, significant")
+    assert line.startswith("model=mlp vs model=cnn: AUC -0.024, paired p < 0.001, significant")
 
 
 @pytest.mark.parametrize("metric", ["test_sensitivity", "test_specificity", "test_balanced_acc"])
@@ -601,7 +635,7 @@ def test_the_end_of_sweep_log_line_states_p_without_an_equals_before_less_than(g
         callback.on_multirun_end(config)
     lines = [r.getMessage() for r in caplog.records if " vs " in r.getMessage()]
     assert len(lines) == 4
-    pattern = re.compile(r"^.+ vs .+: test accuracy [+-]\d+\.\d pt, Welch p (< 0\.001|= \d\.\d{3})"
+    pattern = re.compile(r"^.+ vs .+: test accuracy [+-]\d+\.\d pt, paired p (< 0\.001|= \d\.\d{3})"
                          r"(, Holm p (< 0\.001|= \d\.\d{3}))?, (not )?significant \(points \d+ and \d+\)$")
     assert all(pattern.match(line) for line in lines), lines
     assert not any("= <" in line for line in lines)
@@ -636,3 +670,69 @@ def test_points_of_many_differences_are_plotted_as_categories_named_by_their_exp
     assert drawn["x_key"] == "experiment" and [p["x"] for p in drawn["points"]] == list(settings)
     # fig4 vs fig7 differ in the learning rate alone: the one test.
     assert [(c.a.job_dir.name, c.b.job_dir.name, c.differing) for c in summary.comparisons] == [("1", "2", ("optimizer.lr",))]
+
+
+# --- seeds shared across points and sweeps: paired tests, each question once ---------------------------
+
+
+def test_a_3_seed_and_a_5_seed_sweep_test_each_question_once_paired_on_the_5_seeds(tmp_path: Path):
+    """Two sweeps of head x batch size, trainer.seeds=3 and 5: seeds 0-2 are the same runs in both. Each of the
+    4 questions is tested once, paired on the 5-seed points; the 12 cross-sweep pairs that ask them again are
+    left out, so Holm adjusts over 4 tests, not 16."""
+    accs = {("bce", 32): [0.70, 0.74, 0.72, 0.71, 0.73], ("ce", 32): [0.73, 0.76, 0.74, 0.74, 0.75],
+            ("bce", 64): [0.69, 0.75, 0.70, 0.72, 0.71], ("ce", 64): [0.71, 0.74, 0.73, 0.70, 0.74]}
+    for n_seeds in (3, 5):
+        for i, ((head, batch), values) in enumerate(accs.items()):
+            write_run(tmp_path / f"seeds{n_seeds}" / str(i),
+                      resolved(head={"name": head, "class_weights": "none"}, data__batch_size=batch,
+                               trainer__seeds=list(range(n_seeds))),
+                      [f"head={head}", f"data.batch_size={batch}", f"trainer.seeds={n_seeds}"], values[:n_seeds])
+    summary = sweep.build_summary([tmp_path / "seeds3", tmp_path / "seeds5"])
+    assert summary.swept == ["head", "data.batch_size"] and "trainer.seeds" in summary.labels
+    assert all(c.a.job_dir.parent.name == c.b.job_dir.parent.name == "seeds5" for c in summary.comparisons)
+    assert [(c.a.job_dir.name, c.b.job_dir.name) for c in summary.comparisons] == [("0", "1"), ("0", "2"),
+                                                                                   ("1", "3"), ("2", "3")]
+    assert len(summary.repeats) == 12
+    keys = list(accs)
+    raw = [stats.ttest_rel(accs[keys[i]], accs[keys[j]]).pvalue for i, j in ((0, 1), (0, 2), (1, 3), (2, 3))]
+    assert [c.test["p"] for c in summary.comparisons] == pytest.approx(raw, rel=1e-9)
+    assert [c.p_holm for c in summary.comparisons] == pytest.approx(holm_by_hand(raw), rel=1e-9)
+    assert all(c.test["kind"] == "paired" and c.test["seeds"] == [0, 1, 2, 3, 4] for c in summary.comparisons)
+    sweep.write_summary(summary, tmp_path)
+    markdown = (tmp_path / "summary.md").read_text()
+    assert [row["test"] for row in markdown_rows(markdown, "Significance")] == ["paired, 5 seeds"] * 4
+    assert "Not tested, as repeats (seeds3/0 vs seeds3/1, seeds3/0 vs seeds3/2, " in markdown
+    # --all-pairs never tests a point against a run of the same settings.
+    every = sweep.build_summary([tmp_path / "seeds3", tmp_path / "seeds5"], all_pairs=True)
+    assert len(every.comparisons) == 6 and all(c.differing for c in every.comparisons)
+
+
+def test_a_3_seed_point_against_a_5_seed_one_is_paired_on_seeds_0_to_2(tmp_path: Path):
+    bce, ce = [0.70, 0.76, 0.73], [0.72, 0.781, 0.749, 0.71, 0.77]
+    write_run(tmp_path / "0", resolved(), ["head=bce"], bce)
+    write_run(tmp_path / "1", resolved(head={"name": "ce", "class_weights": "none"}, trainer__seeds=list(range(5))),
+              ["head=ce", "trainer.seeds=5"], ce)
+    summary = sweep.build_summary([tmp_path])
+    (c,) = summary.comparisons
+    assert c.differing == ("head",) and summary.labels == ("trainer.seeds",)
+    assert c.test["p"] == pytest.approx(stats.ttest_rel(bce, ce[:3]).pvalue, rel=1e-9)
+    assert c.test["diff"] == pytest.approx(np.mean(bce) - np.mean(ce[:3]))
+    sweep.write_summary(summary, tmp_path)
+    (row,) = markdown_rows((tmp_path / "summary.md").read_text(), "Significance")
+    assert row["test"] == "paired, 3 seeds (2 not on both sides left out)" and row["p"] == "< 0.001"
+
+
+def test_summary_md_says_why_a_point_has_no_test_set_interval(tmp_path: Path):
+    note = "only 8 NORMAL and 8 PNEUMONIA test images (fewer than 10 per class): too few for a bootstrap interval"
+    for num, head in (("0", "bce"), ("1", "ce")):
+        results = write_point(tmp_path / num, [f"head={head}"], [0.70, 0.74])
+        for key in ("test_acc", "test_auc"):
+            results["summary"][key].update(boot95_low=None, boot95_high=None, boot95_note=note)
+        results["summary"]["test_sensitivity"].update(boot95_low=0.6, boot95_high=0.8, boot95_note=None)
+        (tmp_path / num / "results.json").write_text(json.dumps(results))
+    sweep.write_summary(sweep.build_summary([tmp_path]), tmp_path)
+    markdown = (tmp_path / "summary.md").read_text()
+    table = markdown.split("| point |", 1)[1]
+    assert table.count("no test-set interval†") == 4  # accuracy and AUC of both points
+    assert "test set [60.0, 80.0]" in table
+    assert f"† No test-set interval: {note} (points 0 and 1)." in markdown

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import warnings
 from collections import defaultdict
 from dataclasses import dataclass
 from functools import cached_property
@@ -26,7 +25,7 @@ from typing import Any, Iterator, Sequence
 
 from pneumolab.config import config_leaves
 from pneumolab.record.metric_table import BY_KEY
-from pneumolab.record.metrics import ALPHA, holm, power_line, welch_ttest
+from pneumolab.record.metrics import ALPHA, compare_seeds, holm
 from pneumolab.record.results import FAILURE, RESULTS, read_json, results_problem
 
 NOT_SET = "(not set)"
@@ -60,6 +59,14 @@ class Point:
 
     def seed_values(self, metric: str = "test_acc") -> list[float | None]:
         return [entry.get(metric) for entry in self.per_seed]
+
+    def values_by_seed(self, metric: str = "test_acc") -> dict[int, float | None]:
+        """{seed: value}: what pairs a seed with the same seed of another point."""
+        return {entry["seed"]: entry.get(metric) for entry in self.per_seed}
+
+    def n_values(self, metric: str = "test_acc") -> int:
+        """How many seeds have a value of `metric` (a diverged seed has none)."""
+        return sum(v is not None for v in self.seed_values(metric))
 
     def mean(self, metric: str = "test_acc") -> float | None:
         return self.stats(metric).get("mean")
@@ -119,8 +126,8 @@ class Point:
 
 @dataclass(frozen=True)
 class Comparison:
-    """Welch's t-test on a per-seed metric (test accuracy unless asked) between two points,
-    with its Holm-adjusted p and power."""
+    """The t-test on a per-seed metric (test accuracy unless asked) between two points, paired on
+    their shared seeds or else Welch's (`metrics.compare_seeds`), with its Holm-adjusted p and power."""
 
     a: Point
     b: Point
@@ -305,35 +312,58 @@ def candidate_pairs(points: Sequence[Point], swept: Sequence[str], all_pairs: bo
                     metric: str = "test_acc") -> list[tuple[Point, Point]]:
     """The pairs a summary tests: those differing in exactly one setting (or every pair) of a small
     sweep; of a sweep of many points, the best point against each of the next LEADERS - 1 (or every
-    pair of the LEADERS), few enough to correct and to show."""
+    pair of the LEADERS), few enough to correct and to show. Never two points of the same settings."""
     finished = [p for p in points if p.ok]
     if len(finished) <= MANY_POINTS:
         pairs = itertools.combinations(finished, 2)
-        return [(a, b) for a, b in pairs if all_pairs or len(differing_keys(a, b, swept)) == 1]
+        return [(a, b) for a, b in pairs if len(differing_keys(a, b, swept)) == 1
+                or (all_pairs and differing_keys(a, b, swept))]
     leaders = rank_points(finished, metric)[:LEADERS]
-    if all_pairs:
-        return list(itertools.combinations(leaders, 2))
-    return [(leaders[0], other) for other in leaders[1:]]
+    pairs = itertools.combinations(leaders, 2) if all_pairs else ((leaders[0], other) for other in leaders[1:])
+    return [(a, b) for a, b in pairs if differing_keys(a, b, swept)]
+
+
+def settings_of(point: Point, swept: Sequence[str]) -> tuple[str, ...]:
+    return tuple(point.compared_value(key) for key in swept)
+
+
+def drop_repeats(pairs: Sequence[tuple[Point, Point]], swept: Sequence[str],
+                 metric: str) -> tuple[list[tuple[Point, Point]], list[tuple[Point, Point]]]:
+    """(tested, repeats): one pair per two settings. Points of the same settings are one setting run again
+    (another sweep, other seed counts; seeds 0-2 of a 3-seed run are seeds 0-2 of a 5-seed one), so their
+    other pairs ask the same question again on the same seeds; counted as tests they would only dilute
+    Holm's adjustment. The pair kept shares the most seeds, then holds the most."""
+    best: dict[frozenset, tuple[Point, Point]] = {}
+    for a, b in pairs:
+        question = frozenset((settings_of(a, swept), settings_of(b, swept)))
+        if question not in best or seed_coverage(a, b, metric) > seed_coverage(*best[question], metric):
+            best[question] = (a, b)
+    kept = {(id(a), id(b)) for a, b in best.values()}
+    return ([(a, b) for a, b in pairs if (id(a), id(b)) in kept],
+            [(a, b) for a, b in pairs if (id(a), id(b)) not in kept])
+
+
+def seed_coverage(a: Point, b: Point, metric: str) -> tuple[int, int]:
+    """(seeds both points scored, seeds scored in all): which of two pairs asking one question tests it on more."""
+    values_a, values_b = a.values_by_seed(metric), b.values_by_seed(metric)
+    shared = sum(values_a[s] is not None and values_b.get(s) is not None for s in values_a)
+    return shared, a.n_values(metric) + b.n_values(metric)
 
 
 def compare_points(points: Sequence[Point], swept: Sequence[str], all_pairs: bool,
-                   metric: str = "test_acc") -> list[Comparison]:
-    """Welch's t-test on the per-seed `metric` for each candidate pair, Holm-adjusted together,
-    with each pair's power line."""
-    pairs = candidate_pairs(points, swept, all_pairs, metric)
-    with warnings.catch_warnings():
-        # One side's seeds all scoring the same (a deterministic point) makes scipy warn
-        # about precision loss in the variance; the test result is still well defined.
-        warnings.filterwarnings("ignore", "Precision loss occurred", RuntimeWarning)
-        tests = [welch_ttest(a.seed_values(metric), b.seed_values(metric)) for a, b in pairs]
-    adjusted = holm([t["p"] for t in tests])
+                   metric: str = "test_acc") -> tuple[list[Comparison], list[tuple[Point, Point]]]:
+    """(comparisons, repeats): the t-test on the per-seed `metric` of each candidate pair (paired on shared
+    seeds, else Welch's), Holm-adjusted together, with each pair's power line; and the pairs left untested
+    as repeats of a tested one (`drop_repeats`)."""
+    pairs, repeats = drop_repeats(candidate_pairs(points, swept, all_pairs, metric), swept, metric)
+    tests = [compare_seeds(a.values_by_seed(metric), b.values_by_seed(metric)) for a, b in pairs]
+    adjusted = holm([test["p"] for test, _ in tests])
     comparisons = []
-    for (a, b), test, p_holm in zip(pairs, tests, adjusted):
+    for (a, b), (test, power), p_holm in zip(pairs, tests, adjusted):
         differing = differing_keys(a, b, swept)
         shared = tuple(k for k in swept if k not in differing and a.compared_value(k) == b.compared_value(k))
-        comparisons.append(Comparison(a, b, differing, shared, test, p_holm,
-                                      power_line(a.seed_values(metric), b.seed_values(metric)), metric))
-    return comparisons
+        comparisons.append(Comparison(a, b, differing, shared, test, p_holm, power, metric))
+    return comparisons, repeats
 
 
 # --- what a figure measures against -----------------------------------------------

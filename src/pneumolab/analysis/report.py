@@ -25,11 +25,11 @@ from omegaconf import OmegaConf
 from pneumolab.cli.exits import run_child
 from pneumolab.config import config_dir
 from pneumolab.files import atomic_write_text, written_together
-from pneumolab.record.metrics import ALPHA, holm, power_line, welch_ttest
+from pneumolab.record.metrics import ALPHA, compare_seeds, holm
 from pneumolab.outputs.plots import plot_curves_grid, plot_summary
 from pneumolab.record.results import FAILURE, METRICS_CSV, RESULTS, read_json, read_metrics_csv
 from pneumolab.analysis.points import all_pneumonia_rate, natural_key, read_point
-from pneumolab.analysis.summary_md import p_phrase
+from pneumolab.analysis.summary_md import p_phrase, seeds_tested
 
 REPORT_MD = "REPORT.md"
 RUN_RECORD = "reproduce_run.json"
@@ -152,6 +152,10 @@ class Job:
     def accuracies(self) -> list[float | None]:
         return [entry["test_acc"] for entry in self.results["per_seed"]] if self.results else []
 
+    @property
+    def accuracies_by_seed(self) -> dict[int, float | None]:
+        return {entry["seed"]: entry["test_acc"] for entry in self.results["per_seed"]} if self.results else {}
+
     def stat(self, key: str) -> dict:
         return self.results["summary"][key] if self.results else {"n": 0}
 
@@ -201,6 +205,7 @@ class Trend:
     figures: tuple[int, ...]
     image: str
     note: str = ""
+    schedule: bool = False  # the value acts through the learning-rate schedule: only a run where the LR changed shows it
 
 
 HEAD_COMPARISONS = (
@@ -211,7 +216,7 @@ TRENDS = (
     Trend("batch size", "data.batch_size", (2, 3, 4), "trend_batch_size.png",
           note="The report also quotes 73.75 % for CE at batch 32 in its batch-size section; "
                "the table uses Fig. 2's 74.85 %."),
-    Trend("StepLR step size", "scheduler.step_size", (5, 2, 6), "trend_step_size.png"),
+    Trend("StepLR step size", "scheduler.step_size", (5, 2, 6), "trend_step_size.png", schedule=True),
 )
 CURVE_PAIRS = ((1, 2), (3, 4), (5, 6), (7, 8))  # the report's sections: heads, batch size, step size, combined
 
@@ -401,12 +406,22 @@ class Report:
         job = self.jobs.get(figure)
         return job.accuracies if job else []
 
+    def lr_changes(self, figure: int) -> int | None:
+        """How often the learning rate changed from one epoch to the next in the figure's run (the most of any
+        seed), read from its metrics.csv: what its schedule did, not what its config says; None without one."""
+        job = self.jobs.get(figure)
+        if job is None or not (job.path / METRICS_CSV).is_file():
+            return None
+        histories = read_metrics_csv(job.path / METRICS_CSV)
+        return max((sum(a != b for a, b in zip(h["lr"], h["lr"][1:])) for h in histories), default=0)
+
     def head_tests(self) -> list[tuple[HeadComparison, dict, float | None, dict]]:
-        """(comparison, Welch test, Holm-adjusted p over both comparisons, power line) per head comparison."""
-        pairs = [(self.accuracies(c.bce), self.accuracies(c.ce)) for c in HEAD_COMPARISONS]
-        tests = [welch_ttest(bce, ce) for bce, ce in pairs]
-        adjusted = holm([t["p"] for t in tests])
-        return [(c, t, p, power_line(*pair)) for c, t, p, pair in zip(HEAD_COMPARISONS, tests, adjusted, pairs)]
+        """(comparison, t-test, Holm-adjusted p over both comparisons, power line) per head comparison: paired
+        on the seeds both figures ran (the report's settings share them), else Welch's."""
+        tests = [compare_seeds(*(self.jobs[f].accuracies_by_seed if f in self.jobs else {} for f in (c.bce, c.ce)))
+                 for c in HEAD_COMPARISONS]
+        adjusted = holm([test["p"] for test, _ in tests])
+        return [(c, test, p, power) for c, (test, power), p in zip(HEAD_COMPARISONS, tests, adjusted)]
 
 
 # --- the sections of REPORT.md ---------------------------------------------------
@@ -471,12 +486,26 @@ def results_section(report: Report) -> list[str]:
 
 def agreement_section(report: Report) -> list[str]:
     lines = ["## Where we agree and disagree with the report", ""]
+    if shorter := shorter_run_text(report):
+        lines.append(f"- {shorter}")
     lines += [f"- {text}" for text in ci_findings(report)]
     lines += [f"- {describe_heads(report, *test)}" for test in report.head_tests()]
     lines += [f"- {describe_trend(report, t)}" for t in TRENDS]
     if report.problems:
         lines.append(f"- {len(report.problems)} problem(s) with the sweep limit these conclusions; see Problems below.")
     return lines
+
+
+def shorter_run_text(report: Report) -> str:
+    """A warning when the jobs trained fewer epochs than the settings declare: the report's numbers then come
+    from a longer training than ours, and no agreement or disagreement below is about the settings as written."""
+    declared = lookup(shared_settings(), "trainer.epochs")
+    ran = {lookup(job.config, "trainer.epochs") for job in report.finished(report.figures)}
+    if declared is None or not ran or max(ran) >= declared:
+        return ""
+    return (f"Our jobs trained {distinct(sorted(ran))} epochs, not the {declared} the settings declare: every "
+            "comparison with the report below sets a shorter training against the report's, so it tests this "
+            "run, not the report's claims.")
 
 
 def ci_findings(report: Report) -> list[str]:
@@ -497,9 +526,10 @@ def ci_findings(report: Report) -> list[str]:
         if groups.get(position):
             findings.append(f"The report's accuracy is {verb} our whole test-set CI for "
                             + "; ".join(detail(f) for f in groups[position]) + ".")
-    if groups.get(None):
-        findings.append("No test-set CI (no seed with a result) for "
-                        + ", ".join(f"Fig. {f}" for f in groups[None]) + ".")
+    for figure in groups.get(None, []):
+        # boot95_note says why: too few test images of a class, or no seed with a result.
+        findings.append(f"No test-set CI for Fig. {figure}: "
+                        f"{report.stat(figure).get('boot95_note') or 'no seed with a result'}.")
     return findings
 
 
@@ -512,7 +542,7 @@ def describe_heads(report: Report, comparison: HeadComparison, test: dict, p_hol
             f"(Fig. {comparison.bce} vs {comparison.ce}: {percent(bce.reported_acc)} vs {percent(ce.reported_acc)} %).")
     if test["p"] is None:
         return f"{said} We cannot test this: fewer than two seeds with a result on a side."
-    ours = (f"we find BCE − CE = {signed_pp(test['diff'])} points (Welch {p_phrase(test['p'])}, "
+    ours = (f"we find BCE − CE = {signed_pp(test['diff'])} points ({test['kind']} {p_phrase(test['p'])}, "
             f"{p_phrase(p_holm, 'p (Holm, over both head comparisons)')})")
     significant = p_holm < ALPHA
     same_direction = test["diff"] * reported > 0
@@ -530,7 +560,7 @@ def describe_heads(report: Report, comparison: HeadComparison, test: dict, p_hol
 def power_text(power: dict) -> str:
     if power["min_detectable"] is None:
         return ""
-    if power["pooled_std"] == 0:
+    if power["std"] == 0:
         return "Every seed of both sides scored the same: there is no seed spread to size a test by."
     needed = power["seeds_needed"]
     return (f"These seeds detect a difference of {100 * power['min_detectable']:.2f} points with 80 % power; "
@@ -544,6 +574,12 @@ def describe_trend(report: Report, trend: Trend) -> str:
     said = f"CE {trend.label}: the report ranks {ranking(reported)}."
     if any(not report.stat(f).get("n") for f in trend.figures):
         return f"{said} We lack results for part of this trend."
+    idle = [f for f in trend.figures if trend.schedule and report.lr_changes(f) == 0]
+    epochs = distinct(report.value(f, "trainer.epochs") for f in trend.figures)
+    if idle and len(idle) == len(trend.figures):
+        return (f"{said} Our run cannot rank them: in {epochs} epochs the learning rate never changed at any "
+                f"{trend.label} ({distinct(report.value(f, trend.key) for f in idle)}), so the schedule did not act "
+                f"and the settings trained alike. Train more epochs than the {trend.label} to compare them.")
     ours = [(plain(report.value(f, trend.key)), report.stat(f)["mean"]) for f in trend.figures]
     best = max(acc for _, acc in ours)
     if ranking(ours, numbers=False) == ranking(reported, numbers=False):
@@ -552,11 +588,23 @@ def describe_trend(report: Report, trend: Trend) -> str:
         verdict = "the same best setting" + (" (tied)" if sum(acc == best for _, acc in ours) > 1 else "")
     else:
         verdict = "a different best setting"
-    spread = best - min(acc for _, acc in ours)
+    caveat = (f" In {epochs} epochs the learning rate never changed at {trend.label} "
+              f"{distinct(report.value(f, trend.key) for f in idle)}: those settings trained as without a schedule, "
+              f"and their order among themselves says nothing about the {trend.label}." if idle else "")
+    return f"{said} We rank {ranking(ours)}: {verdict}. {noise_text(report, trend, best - min(a for _, a in ours))}{caveat}"
+
+
+def noise_text(report: Report, trend: Trend, spread: float) -> str:
+    """Whether the seeds can tell the trend's settings apart: their span against the seed-to-seed std."""
     stds = [report.stat(f)["std"] for f in trend.figures if report.stat(f).get("std") is not None]  # null: 1 seed
-    noise = (f"against a seed-to-seed std of up to {100 * max(stds):.2f} points" if stds else
-             "with no seed-to-seed spread to set it against (one seed each)")
-    return f"{said} We rank {ranking(ours)}: {verdict}. Our settings span {100 * spread:.2f} points, {noise}."
+    if not stds:
+        return (f"Our settings span {100 * spread:.2f} points with no seed-to-seed spread to set it against (one "
+                "seed each), so this order neither confirms nor contradicts the report's.")
+    if spread <= max(stds):
+        return (f"Our settings span only {100 * spread:.2f} points, within a seed-to-seed std of up to "
+                f"{100 * max(stds):.2f} points: these seeds do not order them, so this neither confirms nor "
+                "contradicts the report's order.")
+    return f"Our settings span {100 * spread:.2f} points, against a seed-to-seed std of up to {100 * max(stds):.2f} points."
 
 
 def heads_section(report: Report) -> list[str]:
@@ -565,23 +613,25 @@ def heads_section(report: Report) -> list[str]:
         rows.append([
             c.label, f"Fig. {c.bce}: {mean_std(report.stat(c.bce))} (n={report.stat(c.bce)['n']})",
             f"Fig. {c.ce}: {mean_std(report.stat(c.ce))} (n={report.stat(c.ce)['n']})",
-            signed_pp(test["diff"]), DASH if test["t"] is None else f"{test['t']:.4f}",
+            signed_pp(test["diff"]), seeds_tested(test, report.stat(c.bce)["n"], report.stat(c.ce)["n"]), DASH if test["t"] is None else f"{test['t']:.4f}",
             DASH if test["p"] is None else f"{test['p']:.4g}", DASH if p_holm is None else f"{p_holm:.4g}",
             "yes" if p_holm is not None and p_holm < ALPHA else "no",
             DASH if power["min_detectable"] is None else f"{100 * power['min_detectable']:.2f}",
             plain(power["seeds_needed"]),
             signed_pp(report.settings[c.bce].reported_acc - report.settings[c.ce].reported_acc),
         ])
-    header = ["comparison", "BCE, %", "CE, %", "BCE − CE, points", "Welch t", "p", "p (Holm)", "significant at 5 %",
+    header = ["comparison", "BCE, %", "CE, %", "BCE − CE, points", "test", "t", "p", "p (Holm)", "significant at 5 %",
               "detectable at 80 % power, points", "seeds needed per side", "report's BCE − CE, points"]
     return [
-        "## BCE vs CE (Welch's t-test over seeds)", "",
-        "Two-sided Welch t-test on the per-seed test accuracies; a diverged seed has no accuracy and is "
-        "left out. Both comparisons are tested together, so their p-values are Holm-adjusted and the verdict "
-        "uses p (Holm). With identical accuracies on every seed of both sides there is no variance: t is "
-        "undefined and p is 1 when the accuracies agree, 0 when they differ. *Detectable*: the smallest true "
-        "difference these seeds find with 80 % power, from their pooled spread; *seeds needed*: seeds per "
-        "side that find the observed difference with 80 % power.", "",
+        "## BCE vs CE (t-test over seeds)", "",
+        "Two-sided t-test on the per-seed test accuracies, paired on the seeds both figures ran (a seed starts "
+        "both heads from the same batches and holdout, so its two runs are no independent samples), Welch's "
+        "when they share fewer than two; a diverged seed has no accuracy and leaves its pair out. BCE − CE is "
+        "the mean over the seeds the test used. Both comparisons are tested together, so their p-values are "
+        "Holm-adjusted and the verdict uses p (Holm). When every difference (paired) or every accuracy (Welch) "
+        "is the same there is no variance: t is undefined and p is 1 when there is no difference, 0 when there "
+        "is. *Detectable*: the smallest true difference these seeds find with 80 % power, from their spread; "
+        "*seeds needed*: seeds per side that find the observed difference with 80 % power.", "",
         *markdown_table(header, rows),
     ]
 
@@ -614,8 +664,13 @@ def curves_section(report: Report) -> list[str]:
     return lines
 
 
+def shared_settings() -> dict:
+    """conf/experiment/report_settings.yaml as written: what the report leaves open, fixed once."""
+    return OmegaConf.to_container(OmegaConf.load(experiment_dir() / f"{SHARED_SETTINGS}.yaml"))
+
+
 def details_section(report: Report) -> list[str]:
-    shared = OmegaConf.to_container(OmegaConf.load(experiment_dir() / f"{SHARED_SETTINGS}.yaml"))
+    shared = shared_settings()
     rows = []
     for detail in FIXED_DETAILS:
         ran = distinct(first_value(job.config, detail.keys)

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from pneumolab.analysis.sweep import Summary
 
 DASH = "–"
+NO_TEST_SET_INTERVAL = "no test-set interval†"  # boot_notes says why under the table
 
 
 def join_words(words: Sequence[str]) -> str:
@@ -81,7 +82,22 @@ def format_stat(metric: str, stats: dict[str, Any]) -> str:
         text = f"{mean:.{digits}f} ± {std:.{digits}f}{unit} seeds {pair(stats['ci95_low'], stats['ci95_high'])}{clipped}"
     if stats.get("boot95_low") is not None:
         text += f", test set {pair(stats['boot95_low'], stats['boot95_high'])}"
+    elif stats.get("boot95_note"):
+        text += f", {NO_TEST_SET_INTERVAL}"
     return text
+
+
+def boot_notes(points: Sequence[Point], out_dir: Path) -> list[str]:
+    """Under a table: why the cells marked NO_TEST_SET_INTERVAL have none (results.json's `boot95_note`),
+    each reason once with the points it holds for; [] when every interval stands."""
+    reasons: dict[str, dict[str, None]] = {}
+    for point in points:
+        for metric in METRICS:
+            stats = point.stats(metric.key)
+            if stats.get("boot95_low") is None and stats.get("boot95_note"):
+                reasons.setdefault(stats["boot95_note"], {})[label_point(point, out_dir)] = None
+    return ["", *(f"† No test-set interval: {note} (point{'s' if len(labels) > 1 else ''} {join_words(list(labels))})."
+                  for note, labels in reasons.items())] if reasons else []
 
 
 def percent(value: float | None) -> str:
@@ -112,7 +128,7 @@ def format_points(summary: "Summary", out_dir: Path) -> list[str]:
         stats = [format_stat(m.key, point.stats(m.key)) for m in METRICS]
         rows.append([label_point(point, out_dir), *(point.setting(k) for k in keys), stats[0],
                      percent(point.ensemble_acc), *stats[1:], *status_cells(point)])
-    return table(header, rows)
+    return table(header, rows) + boot_notes(summary.points, out_dir)
 
 
 def format_leaders(summary: "Summary", out_dir: Path) -> list[str]:
@@ -124,7 +140,7 @@ def format_leaders(summary: "Summary", out_dir: Path) -> list[str]:
              format_stat("val_acc", p.stats("val_acc"))] for i, p in enumerate(ranked, 1)]
     return [f"## The best {len(ranked)} points by mean {metric.label}", "",
             *table(["rank", "point", "settings", *(BY_KEY[key].label for key in shown), "ensemble", "val accuracy"],
-                   rows)]
+                   rows), *boot_notes(ranked, out_dir)]
 
 
 def value_text(metric: str, value: float | None) -> str:
@@ -201,32 +217,49 @@ def verdict(c: Comparison) -> str:
     if c.test["diff"] is None:
         return f"no test: a side has no {BY_KEY[c.metric].label}"
     if c.test["p"] is None:
-        return "no test: Welch's t-test needs at least 2 seeds on each side"
+        return "no test: it needs at least 2 seeds on each side"
     return "significant" if c.significant else "not significant"
 
 
 def describe_comparison(c: Comparison, out_dir: Path) -> str:
-    """One line for the log: "head=bce vs head=ce at data.batch_size=32: test accuracy +0.1 pt, p = 0.433,
+    """One line for the log: "head=bce vs head=ce at data.batch_size=32: test accuracy +0.1 pt, paired p = 0.433,
     Holm p = 0.866, not significant (points 0 and 1)"."""
     context = f" at {', '.join(f'{k}={c.a.setting(k)}' for k in c.shared)}" if c.shared else ""
     holm_text = f", {p_phrase(c.p_holm, 'Holm p')}" if c.p_holm != c.test["p"] else ""
     return (f"{side(c, c.a, out_dir)} vs {side(c, c.b, out_dir)}{context}: {BY_KEY[c.metric].label} "
-            f"{diff_text(c.metric, c.test['diff'])}, Welch {p_phrase(c.test['p'])}{holm_text}, {verdict(c)} "
+            f"{diff_text(c.metric, c.test['diff'])}, {c.test['kind']} {p_phrase(c.test['p'])}{holm_text}, {verdict(c)} "
             f"(points {label_point(c.a, out_dir)} and {label_point(c.b, out_dir)})")
+
+
+def seeds_tested(test: dict[str, Any], n_a: int, n_b: int) -> str:
+    """Which test ran on which seeds (`metrics.compare_seeds`; n_a and n_b seeds with a value): "paired, 5 seeds",
+    "paired, 3 seeds (2 not on both sides left out)", "Welch, 3 vs 5 seeds"."""
+    if test["kind"] == "paired":
+        left_out = test["left_out"]
+        return f"paired, {len(test['seeds'])} seeds" + (f" ({left_out} not on both sides left out)" if left_out else "")
+    return f"Welch, {n_a} vs {n_b} seeds"
 
 
 def comparison_row(c: Comparison, out_dir: Path) -> list[str]:
     context = f" at {', '.join(f'{k}={c.a.setting(k)}' for k in c.shared)}" if c.shared else ""
-    n_a, n_b = (sum(v is not None for v in p.seed_values(c.metric)) for p in (c.a, c.b))
     detectable, needed = c.power["min_detectable"], c.power["seeds_needed"]
-    if c.power["pooled_std"] == 0:
+    if c.power["std"] == 0:
         detectable_text, needed_text = "no seed spread", DASH
     else:
         detectable_text = diff_text(c.metric, detectable).lstrip("+")
         needed_text = DASH if needed is None else str(needed)
     return [f"{side(c, c.a, out_dir)} vs {side(c, c.b, out_dir)}{context}", diff_text(c.metric, c.test["diff"]),
-            p_text(c.test["p"]), p_text(c.p_holm), verdict(c), detectable_text, needed_text,
-            f"{label_point(c.a, out_dir)} vs {label_point(c.b, out_dir)} ({n_a} vs {n_b} seeds)"]
+            seeds_tested(c.test, c.a.n_values(c.metric), c.b.n_values(c.metric)), p_text(c.test["p"]), p_text(c.p_holm), verdict(c), detectable_text, needed_text,
+            f"{label_point(c.a, out_dir)} vs {label_point(c.b, out_dir)}"]
+
+
+def repeats_text(summary: "Summary", out_dir: Path) -> str:
+    """The pairs left untested because a tested pair asks the same question."""
+    listed = ", ".join(f"{label_point(a, out_dir)} vs {label_point(b, out_dir)}" for a, b in summary.repeats)
+    return (f"Not tested, as repeats ({listed}): these points hold the same settings as a tested pair's, run again "
+            "(another sweep, other seed counts), so they ask its question again, largely on the same seeds, and as "
+            "further tests they would only weaken Holm's adjustment. Each question is tested once, on the pair that "
+            "shares the most seeds.")
 
 
 def scope_text(summary: "Summary") -> str:
@@ -261,19 +294,24 @@ def format_significance(summary: "Summary", out_dir: Path) -> list[str]:
                   f"false \"significant\" among them at {100 * ALPHA:.0f} %; verdicts use p (Holm). ") if n > 1 else ""
     units = ("in percentage points (pt)" if metric.percent else "as fractions")
     lines = ["## Significance", "",
-             f"Welch's t-test over seeds on {metric.label} (`{metric.key}`; two-sided, significant at p < {ALPHA}), "
-             f"for {scope_text(summary)}. Differences are {units}, first point minus second. "
+             f"A t-test over seeds on {metric.label} (`{metric.key}`; two-sided, significant at p < {ALPHA}), "
+             f"for {scope_text(summary)}: *paired* on the seeds both points ran (a seed starts both from the same "
+             "weights and batch order, so its two runs are no independent samples; seeds only one point ran are "
+             "left out), *Welch's* when they share fewer than two seeds. "
+             f"Differences are {units}, first point minus second (of the paired seeds' means, for a paired test). "
              f"{correction}*Detectable*: the smallest true difference these seeds find with "
-             f"{100 * POWER:.0f} % power, from their pooled spread; *seeds needed*: seeds per side that "
-             f"find the observed difference with {100 * POWER:.0f} % power (– when none up to 10,000 would). "
+             f"{100 * POWER:.0f} % power, from their spread (of the per-seed differences, for a paired test); "
+             f"*seeds needed*: seeds per side that find the observed difference with {100 * POWER:.0f} % power "
+             "(– when none up to 10,000 would). "
              "Another metric: `pneumolab-summarize DIR --metric NAME` (test_auc, test_sensitivity, ...).", ""]
     if sum(p.ok for p in summary.points) < 2:
         return lines + ["Fewer than two finished points: nothing to compare."]
     if not summary.comparisons:
         return lines + [tested_text(summary)]
-    header = ["comparison", "difference", "p", "p (Holm)", "verdict", f"detectable ({100 * POWER:.0f} % power)",
-              "seeds needed", "points"]
-    return lines + table(header, [comparison_row(c, out_dir) for c in summary.comparisons])
+    header = ["comparison", "difference", "test", "p", "p (Holm)", "verdict",
+              f"detectable ({100 * POWER:.0f} % power)", "seeds needed", "points"]
+    rows = table(header, [comparison_row(c, out_dir) for c in summary.comparisons])
+    return lines + rows + (["", repeats_text(summary, out_dir)] if summary.repeats else [])
 
 
 def format_markdown(summary: "Summary", out_dir: Path, plotted: bool) -> str:

@@ -39,7 +39,7 @@ BOOT_STATS = ("boot95_low", "boot95_high")
 SEARCH_SWEEPER = "optuna"  # a sweep whose sweeper searches: plotted as the objective per trial
 
 _failed_in_last_sweep = False
-# Past this many Welch tests the end of a sweep names the table instead of printing each line.
+# Past this many tests the end of a sweep names the table instead of printing each line.
 MAX_CONSOLE_COMPARISONS = 4
 
 
@@ -49,7 +49,7 @@ class Summary:
 
     `swept`: the resolved settings that differ between points (what comparisons name);
     `labels`: typed keys that differ but are no setting (experiment=..., trainer.seeds=...);
-    `metric`: what the Welch tests and summary.png compare (test accuracy unless asked).
+    `metric`: what the t-tests and summary.png compare (test accuracy unless asked).
     """
 
     points: list[Point]
@@ -60,6 +60,7 @@ class Summary:
     search: bool = False
     labels: tuple[str, ...] = ()
     metric: str = "test_acc"
+    repeats: tuple[tuple[Point, Point], ...] = ()  # pairs not tested: they repeat a tested pair's question
 
     @property
     def failed(self) -> list[Point]:
@@ -78,9 +79,9 @@ def is_search(points: Sequence[Point]) -> bool:
 def build_summary(roots: Sequence[Path], all_pairs: bool = False, metric: str = "test_acc") -> Summary:
     points = find_points(roots)
     swept = find_differing_settings(points)
-    return Summary(points, swept, find_common_settings(points, swept),
-                   compare_points(points, swept, all_pairs, metric), all_pairs, is_search(points),
-                   tuple(find_label_keys(points, swept)), metric)
+    comparisons, repeats = compare_points(points, swept, all_pairs, metric)
+    return Summary(points, swept, find_common_settings(points, swept), comparisons, all_pairs, is_search(points),
+                   tuple(find_label_keys(points, swept)), metric, tuple(repeats))
 
 
 # --- writing -----------------------------------------------------------------
@@ -267,7 +268,7 @@ def summarize_main(argv: Sequence[str] | None = None) -> None:
                         help="test every pair of points, not only those whose resolved configs differ in exactly "
                              "one setting")
     parser.add_argument("--metric", default="test_acc", choices=SUMMARY_KEYS, metavar="NAME",
-                        help="the per-seed metric the Welch tests and summary.png compare (default: test_acc); "
+                        help="the per-seed metric the t-tests and summary.png compare (default: test_acc); "
                              f"one of {', '.join(SUMMARY_KEYS)}")
     args = parser.parse_args(argv)
 

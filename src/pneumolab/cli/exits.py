@@ -36,6 +36,7 @@ from omegaconf.errors import OmegaConfBaseException
 from pneumolab.errors import PneumolabError
 from pneumolab.cli.guards import check_output_dir
 from pneumolab.cli.rundir import undo_start
+from pneumolab.outputs.tracking import check_tracker_reachable
 
 MAIN = "pneumolab"
 INPUT_PROBLEM = 2
@@ -72,7 +73,8 @@ _main_pid = os.getpid()
 
 
 class JobWatch(Callback):
-    """Checks the output folder before Hydra writes into it, and notes which job is running.
+    """Checks the output folder (and a sweep's tracking server) before Hydra writes into it, and notes
+    which job is running.
 
     Registered in conf/config.yaml, first: Hydra calls on_run_start / on_multirun_start before
     it creates the folder and writes .hydra/, so a full disk never gets an empty config.yaml.
@@ -83,6 +85,12 @@ class JobWatch(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         _now.sweep_dir = self.check(config, "hydra.sweep.dir")
+        # A tracking server that does not answer would fail every point: the sweep stops once, before any.
+        # (A sweep over the logger or its URI leaves them out of this config; each of its jobs checks its own.)
+        try:
+            check_tracker_reachable(config.logger)
+        except PneumolabError as exc:
+            fail(str(exc))
 
     @staticmethod
     def check(config: DictConfig, key: str) -> Path:

@@ -21,7 +21,7 @@ from pneumolab.errors import PneumolabError
 from pneumolab.record.metric_table import mean_std_percent
 from pneumolab.cli.exits import handled, hydra_raises
 from pneumolab.cli.rundir import undo_start  # also registers ${pneumolab_unique:} before Hydra resolves a directory
-from pneumolab.outputs.tracking import check_tracker_installed, track_job
+from pneumolab.outputs.tracking import check_tracker_installed, check_tracker_reachable, track_job
 from pneumolab.record.names import CALIBRATION_PNG, CURVES_PNG, ROC_PNG
 
 log = logging.getLogger("pneumolab")
@@ -36,6 +36,7 @@ def run_job(cfg: DictConfig, job_dir: Path, overrides: list[str], cores: int = 1
     # Before the heavy imports, so that a config mistake is reported in a second, not in five.
     settings = to_settings(cfg)
     check_tracker_installed(settings.logger)
+    check_tracker_reachable(settings.logger)
     from pneumolab.data.cache import mention_large_cache
     from pneumolab.record.results import RESULTS
     from pneumolab.cli.resume import reusable_results

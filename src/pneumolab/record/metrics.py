@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -26,6 +26,7 @@ from scipy.special import expit, log_expit, logsumexp, nctdtrinc, stdtr, stdtrit
 ALPHA = 0.05
 POWER = 0.8
 MAX_SEEDS = 10_000  # seeds_needed beyond this is reported as None: no practical number of seeds
+NO_POWER_LINE = {"std": None, "min_detectable": None, "seeds_needed": None}  # fewer than two seeds
 ECE_BINS = 15  # equal-width bins of P(pneumonia), as sklearn's calibration_curve(strategy="uniform") makes them
 # What binary_metrics returns; results.json names each `test_<key>`.
 BINARY_METRICS = ("acc", "auc", "sensitivity", "specificity", "f1", "confusion", "balanced_acc", "ece", "brier")
@@ -229,30 +230,81 @@ def power_line(a: Sequence[float | None], b: Sequence[float | None]) -> dict:
 
     `min_detectable` is the smallest true difference of means the seeds at hand find
     with POWER; `seeds_needed` the seeds per side that find the observed difference
-    with POWER (None when no practical number does, or nothing was observed); `pooled_std`
-    is the spread both use. All None with fewer than two seeds on a side.
+    with POWER (None when no practical number does, or nothing was observed); `std`
+    is the spread both use, here the pooled std. All None with fewer than two seeds on a side.
     """
     xa, xb = _finite(a), _finite(b)
-    none = {"pooled_std": None, "min_detectable": None, "seeds_needed": None}
     if xa.size < 2 or xb.size < 2:
-        return none
+        return dict(NO_POWER_LINE)
     df = xa.size + xb.size - 2
     pooled = math.sqrt(((xa.size - 1) * xa.var(ddof=1) + (xb.size - 1) * xb.var(ddof=1)) / df)
-    diff = abs(float(xa.mean() - xb.mean()))
-    min_detectable = _detectable(pooled, xa.size, xb.size)
-    n, noncentrality, scale = _equal_seeds_grid()
-    enough = np.flatnonzero(noncentrality * pooled * scale <= diff) if diff > 0 else []
-    return {"pooled_std": pooled, "min_detectable": float(min_detectable),
-            "seeds_needed": int(n[enough[0]]) if len(enough) else None}
+    min_detectable = _noncentrality(df) * pooled * math.sqrt(1 / xa.size + 1 / xb.size)
+    return {"std": pooled, "min_detectable": float(min_detectable),
+            "seeds_needed": _seeds_needed(pooled, abs(float(xa.mean() - xb.mean())), paired=False)}
 
 
-def _detectable(std: float, n_a: int, n_b: int) -> float:
-    """Smallest difference a two-sided ALPHA two-sample t-test of n_a and n_b seeds finds with POWER.
+def compare_seeds(a: Mapping[Any, float | None], b: Mapping[Any, float | None]) -> tuple[dict, dict]:
+    """(test, power line) of two settings' per-seed values, each {seed: value}.
 
-    Exact from the noncentral t (noncentrality = difference / (std * sqrt(1/n_a + 1/n_b))),
-    leaving out only the chance of rejecting in the wrong tail, below 1e-3 at 80 % power.
+    Paired (`paired_ttest`) on the seeds both sides scored, when there are two or more: a seed
+    draws the same initial weights, batch order and holdout on both sides, so its two runs are
+    no independent samples, and a sweep of several seed counts shares its first seeds. Seeds
+    only one side ran are left out of a paired test (`left_out` counts them). Without two
+    shared seeds, Welch's test over every seed. `kind` says which ran; `seeds`, on which seeds.
     """
-    return _noncentrality(n_a + n_b - 2) * std * math.sqrt(1 / n_a + 1 / n_b)
+    shared = [s for s in a if s in b and _finite([a[s], b[s]]).size == 2]
+    if len(shared) >= 2:
+        xa, xb = [a[s] for s in shared], [b[s] for s in shared]
+        left_out = _finite(a.values()).size + _finite(b.values()).size - 2 * len(shared)
+        return ({**paired_ttest(xa, xb), "kind": "paired", "seeds": shared, "left_out": left_out},
+                paired_power_line(xa, xb))
+    xa, xb = list(a.values()), list(b.values())
+    return {**welch_ttest(xa, xb), "kind": "Welch", "seeds": [], "left_out": 0}, power_line(xa, xb)
+
+
+def paired_ttest(a: Sequence[float], b: Sequence[float]) -> dict:
+    """The paired two-sided t-test of mean(a - b) == 0 (scipy.stats.ttest_rel), `a[i]` and `b[i]` one seed's
+    values of two settings; pairs with a None, NaN or inf on either side are left out.
+
+    `diff` is the mean difference; with fewer than two pairs `t` and `p` are None. Differences
+    that are all equal have no variance: as in `welch_ttest`, p is 1 when they are 0, else 0.
+    """
+    d = _pair_differences(a, b)
+    diff = float(d.mean()) if d.size else None
+    if d.size < 2:
+        return {"diff": diff, "t": None, "p": None, "significant": False}
+    if np.ptp(d) == 0:
+        p = 1.0 if d[0] == 0 else 0.0
+        return {"diff": float(d[0]), "t": None, "p": p, "significant": p < ALPHA}
+    t = diff / (d.std(ddof=1) / math.sqrt(d.size))
+    p = float(2 * stdtr(d.size - 1, -abs(t)))
+    return {"diff": diff, "t": float(t), "p": p, "significant": p < ALPHA}
+
+
+def paired_power_line(a: Sequence[float], b: Sequence[float]) -> dict:
+    """`power_line` of a paired test: from the std of the per-seed differences, with `seeds_needed`
+    counting seeds run on both sides (pairs). All None with fewer than two pairs."""
+    d = _pair_differences(a, b)
+    if d.size < 2:
+        return dict(NO_POWER_LINE)
+    std = float(d.std(ddof=1))
+    return {"std": std, "min_detectable": float(_noncentrality(d.size - 1) * std / math.sqrt(d.size)),
+            "seeds_needed": _seeds_needed(std, abs(float(d.mean())), paired=True)}
+
+
+
+def _seeds_needed(std: float, diff: float, paired: bool) -> int | None:
+    """The fewest seeds per side (pairs, when paired) that find a true difference `diff` with POWER."""
+    n, noncentrality, scale = _seeds_grid(paired)
+    enough = np.flatnonzero(noncentrality * std * scale <= diff) if diff > 0 else []
+    return int(n[enough[0]]) if len(enough) else None
+
+
+def _pair_differences(a: Sequence[float | None], b: Sequence[float | None]) -> np.ndarray:
+    x = np.array([np.nan if v is None else v for v in a], dtype=float)
+    y = np.array([np.nan if v is None else v for v in b], dtype=float)
+    d = x - y
+    return d[np.isfinite(d)]
 
 
 # The noncentrality depends on the seed counts alone, never on the data, and each value is an
@@ -260,15 +312,19 @@ def _detectable(std: float, n_a: int, n_b: int) -> float:
 # seeds_needed), not once per comparison. A 30-point sweep's 435 power lines spent 17-77 s on it.
 @functools.cache
 def _noncentrality(df: int) -> float:
+    """The noncentrality at which a two-sided ALPHA t-test of `df` degrees of freedom rejects with POWER:
+    the smallest detectable difference is this many standard errors. Exact from the noncentral t, leaving
+    out only the chance of rejecting in the wrong tail, below 1e-3 at 80 % power."""
     return float(nctdtrinc(df, 1 - POWER, stdtrit(df, 1 - ALPHA / 2)))
 
 
 @functools.cache
-def _equal_seeds_grid() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(n, noncentrality, sqrt(2 / n)) for n = 2..MAX_SEEDS seeds per side, read-only."""
+def _seeds_grid(paired: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(n, noncentrality, standard error per unit std) for n = 2..MAX_SEEDS seeds per side, read-only:
+    a two-sample test of n and n seeds (df 2n - 2, sqrt(2 / n)), or a paired one of n pairs (df n - 1, sqrt(1 / n))."""
     n = np.arange(2, MAX_SEEDS + 1)
-    df = n + n - 2
-    grid = (n, nctdtrinc(df, 1 - POWER, stdtrit(df, 1 - ALPHA / 2)), np.sqrt(1 / n + 1 / n))
+    df = n - 1 if paired else 2 * n - 2
+    grid = (n, nctdtrinc(df, 1 - POWER, stdtrit(df, 1 - ALPHA / 2)), np.sqrt((1 if paired else 2) / n))
     for array in grid:
         array.setflags(write=False)
     return grid

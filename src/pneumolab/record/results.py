@@ -158,8 +158,8 @@ def results_problem(results: Any) -> str | None:
         return f"holds a JSON {type(results).__name__}, not an object with per_seed and summary"
     per_seed, summary = results.get("per_seed"), results.get("summary")
     if not isinstance(per_seed, list) or not all(
-            isinstance(e, dict) and {"test_acc", "diverged"} <= e.keys() for e in per_seed):
-        return "has no per_seed list of seeds with test_acc and diverged"
+            isinstance(e, dict) and {"seed", "test_acc", "diverged"} <= e.keys() for e in per_seed):
+        return "has no per_seed list of seeds with seed, test_acc and diverged"
     if not isinstance(summary, dict):
         return "has no summary"
     for metric in METRICS:

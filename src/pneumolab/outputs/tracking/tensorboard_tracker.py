@@ -9,12 +9,15 @@ session it finds, where one job's experiment summary would hide the other points
 from __future__ import annotations
 
 import shutil
+import threading
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 from PIL import Image
 from tensorboard.plugins.hparams import summary_v2 as hparams_v2
+from tensorboard.summary.writer.event_file_writer import _AsyncWriterThread
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams as hparams_summaries
 
@@ -29,9 +32,28 @@ def record(logger: Any, job: TrackedJob) -> None:
     root = job.job_dir / FOLDER
     # A rerun of this point (a changed config) replaces what the earlier run logged here.
     shutil.rmtree(root, ignore_errors=True)
-    for seed in job.seeds:
-        write_seed(root / f"seed_{seed.seed}", seed)
-    write_job(root / JOB_RUN, job)
+    with quiet_writer_threads():
+        for seed in job.seeds:
+            write_seed(root / f"seed_{seed.seed}", seed)
+        write_job(root / JOB_RUN, job)
+
+
+@contextmanager
+def quiet_writer_threads() -> Iterator[None]:
+    """Keep TensorBoard's writer thread from printing a traceback of its own when a write fails (a full
+    disk, a file too large): the thread keeps the error, the next write or close raises it here, and
+    track_job reports it as its one warning."""
+    previous = threading.excepthook
+
+    def hook(args: threading.ExceptHookArgs) -> None:
+        if not isinstance(args.thread, _AsyncWriterThread):
+            previous(args)
+
+    threading.excepthook = hook
+    try:
+        yield
+    finally:
+        threading.excepthook = previous
 
 
 def write_seed(run_dir: Path, seed: SeedHistory) -> None:
