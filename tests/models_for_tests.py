@@ -32,4 +32,4 @@ class HostOnly(TinyConvNet):
 
     def __init__(self, in_shape, n_outputs):
         super().__init__(in_shape, n_outputs)
-        self.start_scale = float(self.body[-1].weight.abs().max())
+        self.start_scale = self.body[-1].weight.detach().abs().max().item()
