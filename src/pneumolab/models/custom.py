@@ -1,16 +1,32 @@
-"""A user's own nn.Module, named by `model._target_` and checked before any training."""
+"""A user's own nn.Module, named by `model._target_`: checked before any training, and fenced during it.
+
+Everything pneumolab runs of the user's code (the import, the constructor, forward and
+backward) is fenced: an exception from it, SystemExit included, becomes one paragraph that
+names the class, the phase and the user's line. Ctrl-C is not caught: it stops the run as always.
+"""
 
 from __future__ import annotations
 
 import importlib
+import io
 import os
 import sys
+import traceback
+from contextlib import contextmanager, nullcontext, redirect_stderr
+from pathlib import Path
+from types import ModuleType
+from typing import ContextManager, Iterator
 
 import torch
 from torch import nn
 
+import pneumolab
 from pneumolab.config import CustomModelConfig
 from pneumolab.errors import PneumolabError
+
+EXAMPLE = "e.g. model._target_=mynets.TinyNet for class TinyNet in ./mynets.py"
+# Frames in these folders are pneumolab's and torch's; the last frame outside them is the user's line.
+NOT_USER_CODE = tuple(str(Path(package.__file__).parent) + os.sep for package in (torch, pneumolab))
 
 
 def import_model_class(target: str) -> type[nn.Module]:
@@ -19,16 +35,9 @@ def import_model_class(target: str) -> type[nn.Module]:
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
     module_name, _, class_name = target.rpartition(".")
-    example = "e.g. model._target_=mynets.TinyNet for class TinyNet in ./mynets.py"
     if not module_name:
-        raise PneumolabError(f"model._target_={target} names no module. Give module.Class, {example}.")
-    try:
-        module = importlib.import_module(module_name)
-    except Exception as exc:  # noqa: BLE001 - whatever the import raised, the user gets one paragraph
-        raise PneumolabError(
-            f"model._target_={target}: the module {module_name} does not import ({type(exc).__name__}: {exc}). "
-            f"Put it in the current directory or install it, {example}, and check `python -c 'import {module_name}'`."
-        ) from None
+        raise PneumolabError(f"model._target_={target} names no module. Give module.Class, {EXAMPLE}.")
+    module = import_user_module(target, module_name)
     cls = getattr(module, class_name, None)
     if cls is None:
         raise PneumolabError(f"model._target_={target}: the module {module_name} ({module.__file__}) has no "
@@ -38,37 +47,123 @@ def import_model_class(target: str) -> type[nn.Module]:
     return cls
 
 
+def import_user_module(target: str, module_name: str) -> ModuleType:
+    """Import the user's module as `python -c 'import mynets'` would: with none of pneumolab's
+    arguments in sys.argv, so a module that parses the command line when imported (argparse's
+    parse_args() at module level) sees none and keeps its defaults, instead of refusing
+    pneumolab's overrides and exiting. What it writes to stderr then is held back: on a
+    failure it goes into the paragraph, otherwise it is written out after the import."""
+    argv, sys.argv = sys.argv, [module_name]
+    said = io.StringIO()
+    try:
+        with redirect_stderr(said):
+            module = importlib.import_module(module_name)
+    except SystemExit as exc:
+        written = " ".join(said.getvalue().split())
+        raise PneumolabError(
+            f"model._target_={target}: the module {module_name} exits while it is imported (SystemExit: {exc.code}"
+            f"{'; it wrote: ' + written if written else ''}). pneumolab imports it with no command-line arguments: "
+            "move the code that parses them (argparse's parse_args()) or calls sys.exit() under "
+            "`if __name__ == \"__main__\":`, which an import does not run."
+        ) from None
+    except Exception as exc:  # noqa: BLE001 - whatever the import raised, the user gets one paragraph
+        raise PneumolabError(
+            f"model._target_={target}: the module {module_name} does not import ({type(exc).__name__}: {exc}). "
+            f"Put it in the current directory or install it, {EXAMPLE}, and check `python -c 'import {module_name}'`."
+        ) from None
+    finally:
+        sys.argv = argv
+    sys.stderr.write(said.getvalue())
+    return module
+
+
 def build_custom(cfg: CustomModelConfig, in_shape: tuple[int, int, int], n_outputs: int) -> nn.Module:
     cls = import_model_class(cfg.target)
     call = f"{cfg.target}(in_shape={in_shape}, n_outputs={n_outputs}" + "".join(
         f", {k}={v!r}" for k, v in cfg.options.items()) + ")"
     try:
         return cls(in_shape=in_shape, n_outputs=n_outputs, **cfg.options)
-    except Exception as exc:  # noqa: BLE001
+    except (Exception, SystemExit) as exc:  # noqa: BLE001
         raise PneumolabError(
-            f"Building the custom model failed: {call} raised {type(exc).__name__}: {exc}. Its constructor must "
-            "accept in_shape and n_outputs, and every extra model key (+model.NAME=value) as a keyword argument."
+            f"Building the custom model failed: {call} raised {type(exc).__name__}: {exc}{user_line(exc)}. Its "
+            "constructor must accept in_shape and n_outputs, and every extra model key (+model.NAME=value) as a "
+            "keyword argument."
         ) from None
 
 
-def check_output_shape(model: nn.Module, target: str, in_shape: tuple[int, int, int], n_outputs: int) -> None:
-    """Run two random images through a fresh model: it must give (2, n_outputs) finite logits."""
-    x = torch.randn(2, *in_shape, generator=torch.Generator().manual_seed(0))
-    model.eval()
+def fenced(cfg: object, where: str) -> ContextManager[None]:
+    """Run pneumolab's calls into a custom model's code (nothing for a built-in model): whatever
+    that code raises, SystemExit included, becomes one paragraph naming the class and `where`
+    ("during training, epoch 3, forward"). KeyboardInterrupt passes: Ctrl-C still stops the run."""
+    # A bare nullcontext for built-in models: this wraps every training step.
+    return user_code(cfg.target, where) if isinstance(cfg, CustomModelConfig) else nullcontext()
+
+
+@contextmanager
+def user_code(target: str, where: str) -> Iterator[None]:
     try:
-        with torch.no_grad():
-            out = model(x)
-    except Exception as exc:  # noqa: BLE001
+        yield
+    except PneumolabError:
+        raise
+    except (Exception, SystemExit) as exc:  # noqa: BLE001 - the user's code may raise anything
         raise PneumolabError(
-            f"The custom model {target} fails on a batch of shape {tuple(x.shape)}: {type(exc).__name__}: {exc}. "
-            "Its forward must take float images (B, 1, H, W) and return logits (B, K)."
+            f"The custom model {target} failed {where}: {described(exc)}{user_line(exc)}. Fix the model's code "
+            "(its forward must take float images (B, 1, H, W) and return logits (B, K) for every batch, in train() "
+            "and eval() mode alike) and run the command again."
         ) from None
-    finally:
-        model.train()
-    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2, n_outputs):
+
+
+def described(exc: BaseException) -> str:
+    if isinstance(exc, SystemExit):
+        return f"it called sys.exit({'' if exc.code is None else repr(exc.code)}) (SystemExit)"
+    return f"{type(exc).__name__}: {' '.join(str(exc).split())}"
+
+
+def user_line(exc: BaseException) -> str:
+    """" (at mynets.py:12, in forward)": the last line of the traceback outside torch and pneumolab."""
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if not f.filename.startswith(NOT_USER_CODE)]
+    return f" (at {frames[-1].filename}:{frames[-1].lineno}, in {frames[-1].name})" if frames else ""
+
+
+def check_custom_model(model: nn.Module, cfg: CustomModelConfig, in_shape: tuple[int, int, int], n_outputs: int,
+                       batch_sizes: list[int]) -> None:
+    """Before training, as training will run it: trainable parameters, then in train() mode, on a random
+    batch of each size an epoch has (the full batch, and a last, smaller one), finite logits
+    (B, n_outputs) that depend on the parameters, and a backward pass."""
+    if not any(p.requires_grad for p in model.parameters()):
+        raise PneumolabError(
+            f"The custom model {cfg.target} has no trainable parameters, so there is nothing to train. Give it "
+            "layers with weights (nn.Linear, nn.Conv2d, ...) registered as attributes of the module (a plain list "
+            "hides them: use nn.ModuleList), and leave their requires_grad on."
+        )
+    model.train()
+    for size in batch_sizes:
+        x = torch.randn(size, *in_shape, generator=torch.Generator().manual_seed(0))
+        where = f"before training, on a random batch of shape {tuple(x.shape)} in train() mode"
+        with user_code(cfg.target, f"{where}, forward"):
+            out = model(x)
+        check_first_logits(out, cfg.target, where, x.shape[0], n_outputs)
+        with user_code(cfg.target, f"{where}, backward"):
+            out.float().sum().backward()
+    model.zero_grad(set_to_none=True)
+
+
+def check_first_logits(out, target: str, where: str, batch: int, n_outputs: int) -> None:
+    """The check batch's output: a float tensor (batch, n_outputs), finite, and computed from the parameters."""
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (batch, n_outputs):
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise PneumolabError(
-            f"The custom model {target} returned {shape} for a batch of shape {tuple(x.shape)}; it must return "
-            f"logits of shape (B, {n_outputs}) = (2, {n_outputs}) for this head ({n_outputs} output"
-            f"{'s' if n_outputs > 1 else ''}). Use n_outputs for the size of its last layer."
+            f"The custom model {target} returned {shape} {where}; it must return logits of shape (B, {n_outputs}) = "
+            f"({batch}, {n_outputs}) for this head ({n_outputs} output{'s' if n_outputs > 1 else ''}). Use n_outputs "
+            "for the size of its last layer."
+        )
+    if not torch.isfinite(out).all():
+        raise PneumolabError(
+            f"The custom model {target} returned NaN or infinite logits {where}, before any training. Check its "
+            "initialisation and the operations of its forward that can overflow (exp, log of 0, division by 0)."
+        )
+    if not out.requires_grad:
+        raise PneumolabError(
+            f"The custom model {target} returned logits that do not depend on its parameters {where}, so no "
+            "gradient can train it. Do not detach the output or compute it under torch.no_grad() in forward."
         )
