@@ -57,6 +57,11 @@ class NaNAtStart(TinyNet):
         return self.net(x) * float("nan")
 
 
+class Detached(TinyNet):
+    def forward(self, x):
+        return self.net(x).detach()
+
+
 class BatchNormNet(TinyNet):
     def __init__(self, in_shape, n_outputs, width=16):
         super().__init__(in_shape, n_outputs, width)
@@ -161,6 +166,7 @@ def test_a_users_module_trains_with_its_own_keys(workdir):
                                   "mode, forward: RuntimeError"),
         ("mynets.NoParameters", [], "mynets.NoParameters has no trainable parameters"),
         ("mynets.NaNAtStart", [], "returned NaN or infinite logits before training"),
+        ("mynets.Detached", [], "returned logits that do not depend on its parameters before training"),
         ("required_args.Net", [], "the module required_args exits while it is imported (SystemExit: 2; it wrote: "
                                   "usage: required_args [-h] [--width WIDTH] data_dir required_args: error: the "
                                   "following arguments are required: data_dir). pneumolab imports it with no "
@@ -171,7 +177,7 @@ def test_a_users_module_trains_with_its_own_keys(workdir):
         ("TinyNet", [], "names no module"),
     ],
     ids=["no-class", "no-module", "import-error", "bad-argument", "wrong-shape", "bad-forward", "last-batch",
-         "no-parameters", "nan", "argparse-exits", "raises-at-once", "no-dot"],
+         "no-parameters", "nan", "detached", "argparse-exits", "raises-at-once", "no-dot"],
 )
 @pytest.mark.slow
 def test_a_model_that_cannot_train_stops_before_training(workdir, target, extra, message):

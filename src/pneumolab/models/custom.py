@@ -145,11 +145,10 @@ def check_custom_model(model: nn.Module, cfg: CustomModelConfig, in_shape: tuple
         check_first_logits(out, cfg.target, where, x.shape[0], n_outputs)
         with user_code(cfg.target, f"{where}, backward"):
             out.float().sum().backward()
-    model.zero_grad(set_to_none=True)
 
 
 def check_first_logits(out, target: str, where: str, batch: int, n_outputs: int) -> None:
-    """The check batch's output: a float tensor (batch, n_outputs), finite, and computed from the parameters."""
+    """The check batch's output: a tensor (batch, n_outputs), finite, and computed from the parameters."""
     if not isinstance(out, torch.Tensor) or tuple(out.shape) != (batch, n_outputs):
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise PneumolabError(
