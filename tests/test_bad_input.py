@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
@@ -203,6 +204,55 @@ def broken_link(inputs: Inputs) -> Refusal:
     return Refusal(inputs.folder_overrides(root), [f"{link} is a broken symbolic link", "Delete the link"])
 
 
+LOOP_FIX = "is a symbolic link that leads back to itself"
+
+
+def root_loop(inputs: Inputs) -> Refusal:
+    root = inputs.root / "chest_xray"
+    root.symlink_to(root)
+    return Refusal(inputs.folder_overrides(root), [f"data.root='{root}'", f"{root} {LOOP_FIX}", "the real folder"])
+
+
+def class_folder_loop(inputs: Inputs) -> Refusal:
+    root = inputs.xray()
+    shutil.rmtree(root / "test" / "PNEUMONIA")
+    (root / "test" / "PNEUMONIA").symlink_to("PNEUMONIA")
+    return Refusal(inputs.folder_overrides(root), [f"{root / 'test' / 'PNEUMONIA'} {LOOP_FIX}", "Delete the link"])
+
+
+def looping_link_among_images(inputs: Inputs) -> Refusal:
+    root = inputs.xray()
+    link = root / "train" / "NORMAL" / "scans"
+    link.symlink_to(link.name)
+    return Refusal(inputs.folder_overrides(root), [f"{link} {LOOP_FIX}", "Delete the link"])
+
+
+def linked_instead_of_copied(folder: str, target: str, twins: tuple[str, str], n: int,
+                             harm: str) -> Callable[[Inputs], Refusal]:
+    """A folder dataset whose `folder` is a link to `target`; the message names the first image as found
+    in both `twins` folders, the `n` files reached a second time, and the `harm`."""
+
+    def build(inputs: Inputs) -> Refusal:
+        root = inputs.xray()
+        name = sorted((root / twins[0]).iterdir())[0].name
+        shutil.rmtree(root / folder)
+        (root / folder).symlink_to(target, target_is_directory=True)
+        pair = f"{root / twins[0] / name} and {root / twins[1] / name} are both {(root / twins[0] / name).resolve()}"
+        return Refusal(inputs.folder_overrides(root), [
+            "The same file is reached twice", pair, f"({n} file(s) in all", harm, "replace it with a folder of its own"])
+
+    return build
+
+
+def image_in_both_splits(inputs: Inputs) -> Refusal:
+    root = inputs.xray()
+    image = sorted((root / "train" / "NORMAL").iterdir())[0]
+    (root / "test" / "NORMAL" / "also.jpeg").symlink_to(image)
+    return Refusal(inputs.folder_overrides(root), [
+        f"{image} and {root / 'test' / 'NORMAL' / 'also.jpeg'} are both {image}", "(1 file(s) in all",
+        "must not be validated or tested on too"])
+
+
 def too_large(_: Inputs) -> Refusal:
     return Refusal(["data.image_size=100000"], ["images of 100000x100000 px needs about", "is available",
                                                  "Lower the image size"])
@@ -252,6 +302,15 @@ CASES = [
     Case("npz-train-without-normal", split_without("train", 0)),
     Case("npz-of-another-size", npz_of_another_size),
     Case("broken-link", broken_link, cli=True),
+    Case("root-loop", root_loop, cli=True),
+    Case("class-folder-loop", class_folder_loop),
+    Case("looping-link-among-images", looping_link_among_images),
+    Case("class-linked-to-other-class", linked_instead_of_copied(
+        "train/PNEUMONIA", "NORMAL", ("train/NORMAL", "train/PNEUMONIA"), 3, "cannot be both NORMAL and PNEUMONIA"),
+        cli=True),
+    Case("test-linked-to-train", linked_instead_of_copied(
+        "test", "train", ("train/NORMAL", "test/NORMAL"), 6, "must not be validated or tested on too")),
+    Case("image-in-both-splits", image_in_both_splits),
     Case("too-large-for-memory", too_large, cli=True),
 ]
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from conftest import pneumolab_command, subprocess_env
+from pneumolab.errors import PneumolabError
 from test_bad_input import run_in_process
 
 # SGD with momentum 0.9 on 80 phantom images: seed 6 diverges from lr 1.35 up, seed 2 only
@@ -61,7 +62,7 @@ def test_a_job_whose_every_seed_diverged_fails_but_keeps_its_results(tmp_path):
     assert "Traceback" not in proc.stderr
     assert proc.stderr.strip() == (
         f"pneumolab: error: Every seed diverged (the loss became NaN or infinite); see {job / 'results.json'}. "
-        "Lower optimizer.lr or switch optimizer=adam."
+        "Lower optimizer.lr (it is 100; try 10) or switch to optimizer=adam."
     )
     # A real outcome, so it is written: a sweep summary shows the point as diverged, not missing.
     results = read_results(job)
@@ -79,3 +80,13 @@ def test_a_job_whose_every_seed_diverged_fails_but_keeps_its_results(tmp_path):
     assert again.returncode == 2 and again.stderr == proc.stderr
     assert (job / "results.json").stat().st_mtime_ns == written
 
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "adamw"])
+def test_a_run_that_diverges_with_adam_is_not_told_to_switch_to_adam(tmp_path, restore_torch_state, optimizer):
+    job = tmp_path / "run"
+    with pytest.raises(PneumolabError) as caught:
+        run_in_process([f"optimizer={optimizer}", "optimizer.lr=1e30", "trainer.epochs=2", "data.limit_per_class=20",
+                        SPLIT_SEEDS], job)
+    assert str(caught.value).endswith("Lower optimizer.lr (it is 1e+30; try 1e+29).")
+    assert read_results(job)["n_diverged"] == 2

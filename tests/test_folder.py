@@ -254,6 +254,17 @@ def test_linked_folders_are_followed_once(tmp_path, xray, cache):
     assert data.test.class_counts() == (5, 4)
 
 
+def test_a_file_reached_twice_is_refused_before_anything_is_decoded(xray, cache, monkeypatch):
+    monkeypatch.setattr(folder, "decode_images", lambda *args: pytest.fail("decoded before the check"))
+    # A hard link: no symbolic link anywhere, yet one file in both classes.
+    image = sorted((xray / "train" / "NORMAL").iterdir())[0]
+    os.link(image, xray / "train" / "PNEUMONIA" / "same.jpeg")
+    for step in (folder.plan_folder, load_folder):
+        with pytest.raises(PneumolabError, match=r"reached twice .* \(1 file\(s\) in all .* cannot be both NORMAL"):
+            step(cfg_for(xray))
+    assert not cache.exists()
+
+
 def test_a_broken_link_is_named(xray, cache):
     link = xray / "train" / "NORMAL" / "moved.jpeg"
     link.symlink_to(xray / "gone" / "moved.jpeg")

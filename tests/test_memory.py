@@ -56,3 +56,14 @@ def test_cgroup_limits_are_read_from_their_files(tmp_path, limit, used, room):
     (tmp_path / "memory.max").write_text(f"{limit}\n")
     (tmp_path / "memory.current").write_text(f"{used}\n")
     assert guards._room_under(tmp_path / "memory.max", tmp_path / "memory.current") == room
+
+
+def test_a_custom_model_that_cannot_be_built_on_the_meta_device_is_counted_as_built():
+    from models_for_tests import HostOnly
+    from test_train import settings
+
+    from pneumolab.config import ModelConfig
+
+    host_only = settings(model=ModelConfig(target="models_for_tests.HostOnly"))
+    expected = sum(p.numel() for p in HostOnly((1, 28, 28), 2).parameters())
+    assert guards.model_parameters(host_only, (1, 28, 28)) == expected

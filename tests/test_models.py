@@ -98,8 +98,8 @@ def test_a_last_batch_of_one_image_is_left_out_with_batch_norm_only(toy, monkeyp
 
 def test_batch_norm_models_refuse_batches_of_one_image():
     with pytest.raises(PneumolabError, match=r"model=cnn has BatchNorm .* data\.batch_size=1\. Use data\.batch_size=2"):
-        check_model(MODERN_CNN, (1, 28, 28), 1, batch_size=1)
-    check_model(built_in_model("cnn"), (1, 28, 28), 1, batch_size=1)
+        check_model(MODERN_CNN, (1, 28, 28), 1, batch_size=1, n_train=60)
+    check_model(built_in_model("cnn"), (1, 28, 28), 1, batch_size=1, n_train=60)
 
 
 @pytest.mark.parametrize("checkpoint", ["last", "best_val"])
@@ -188,7 +188,7 @@ def test_model_weights_start_every_seed_from_the_file(tmp_path, model, suffix):
 
 def refusal(model, weights: Path) -> str:
     with pytest.raises(PneumolabError) as caught:
-        check_model(replace(model, weights=str(weights)), (1, 8, 8), 2)
+        check_model(replace(model, weights=str(weights)), (1, 8, 8), 2, batch_size=32, n_train=60)
     message = str(caught.value)
     assert "\n" not in message and f"model.weights={weights}" in message
     return message

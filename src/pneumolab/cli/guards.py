@@ -130,20 +130,21 @@ EVAL_IMAGES = 512
 
 
 def model_parameters(settings: "Config", in_shape: tuple[int, int, int]) -> int:
-    """Parameters of one seed's model, counted on torch's meta device (which allocates nothing);
-    0 for a custom model whose code cannot run there (then only the images are estimated)."""
+    """Parameters of one seed's model, counted on torch's meta device (which allocates nothing); a model
+    whose constructor cannot run there is built for real, as `models.check_model` builds it anyway."""
     import torch
 
     from pneumolab.engine.heads import make_head
     from pneumolab.models import build_model
 
+    def build():
+        return build_model(settings.model, in_shape, make_head(settings.head.name).n_outputs)
+
     try:
         with torch.device("meta"):
-            model = build_model(settings.model, in_shape, make_head(settings.head.name).n_outputs)
+            model = build()
     except PneumolabError:
-        raise
-    except Exception:  # noqa: BLE001 - a user's module may not support the meta device
-        return 0
+        model = build()  # a constructor that cannot run there; refused here only if it fails on the CPU too
     return sum(p.numel() for p in model.parameters())
 
 

@@ -214,9 +214,21 @@ def check_some_seed_converged(results: dict, path: Path) -> None:
     """A job whose every seed diverged has no numbers to report: an error, though its results.json stays."""
     if results["n_diverged"] == len(results["per_seed"]):
         raise PneumolabError(
-            f"Every seed diverged (the loss became NaN or infinite); see {path}. "
-            "Lower optimizer.lr or switch optimizer=adam."
+            f"Every seed diverged (the loss became NaN or infinite); see {path}. {divergence_advice(results['config'])}"
         )
+
+
+def divergence_advice(config: dict) -> str:
+    """What to change when every seed diverged: the learning rate, and for SGD, Adam (whose steps follow the
+    gradients' scale) too; never the optimizer the run already uses."""
+    optimizer = config["optimizer"]
+    advice = f"Lower optimizer.lr (it is {optimizer['lr']:g}; try {optimizer['lr'] / 10:g})"
+    if optimizer["name"] == "sgd":
+        advice += " or switch to optimizer=adam"
+    if config["model"]["name"] == "custom":
+        advice += (". If it still diverges, check the custom model's forward for operations that can overflow "
+                   "(exp, log of 0, division by 0)")
+    return advice + "."
 
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="config")

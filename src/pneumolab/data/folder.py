@@ -1,8 +1,9 @@
 """Images in the Kaggle chest_xray layout: root/{train,val,test}/{NORMAL,PNEUMONIA}/*.
 
 Every file below a class folder is an image of that class, in sub-folders too (linked
-folders are followed, each once); a file that is no image, a broken link or an
-unreadable folder stops the load with its name. Hidden files and folders (names
+folders are followed, each once); a file that is no image, a broken link, a link that
+loops back to itself or an unreadable folder stops the load with its name, and so does
+a file reached twice (a class folder linked to the other class, test/ linked to train/). Hidden files and folders (names
 starting with a dot: .DS_Store, ._IM-0001.jpeg) are skipped and counted in the log.
 Every image is decoded to grayscale and made image_size x image_size by `data.resize`:
 center_crop keeps its largest centred square (as PneumoniaMNIST was made), squeeze
@@ -14,6 +15,7 @@ rebuilds the cache, and nothing is ever written next to the data.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import multiprocessing
@@ -58,9 +60,14 @@ class ImageFile:
     label: int
     size: int
     mtime_ns: int
+    identity: tuple[int, int]  # device and inode of the file itself, whatever links lead to it
 
 
 def data_root(cfg: FolderDataConfig) -> Path:
+    link = looping_link(Path(cfg.root).expanduser())
+    if link is not None:
+        raise PneumolabError(f"The data folder data.root={cfg.root!r} cannot be opened: {loop_text(link)}. Point "
+                             "data.root at the real folder, or fix the link.")
     root = Path(cfg.root).expanduser().resolve()
     if not root.is_dir():
         raise PneumolabError(
@@ -131,6 +138,7 @@ def list_images(root: Path) -> dict[str, list[ImageFile]]:
         files[split] = []
         split_dir = root / split
         if not split_dir.is_dir():
+            check_not_a_loop(split_dir)
             if split == "val":
                 continue
             raise PneumolabError(
@@ -140,6 +148,7 @@ def list_images(root: Path) -> dict[str, list[ImageFile]]:
         for label, cls in enumerate(CLASSES):
             class_dir = split_dir / cls
             if not class_dir.is_dir():
+                check_not_a_loop(class_dir)
                 if split == "val":
                     continue
                 present = sorted(p.name for p in split_dir.iterdir() if p.is_dir()) or ["none"]
@@ -151,12 +160,45 @@ def list_images(root: Path) -> dict[str, list[ImageFile]]:
             for path in walk_files(class_dir, hidden):
                 stat = file_stat(path)
                 relpath = f"{split}/{cls}/{path.relative_to(class_dir).as_posix()}"
-                files[split].append(ImageFile(path, relpath, label, stat.st_size, stat.st_mtime_ns))
+                files[split].append(ImageFile(path, relpath, label, stat.st_size, stat.st_mtime_ns,
+                                              (stat.st_dev, stat.st_ino)))
     if hidden:
         # Hidden entries are OS and tool litter (.DS_Store, ._IM-0001.jpeg, .ipynb_checkpoints), never read.
         log.info("Skipped %d hidden file(s) or folder(s) in the class folders: %s%s", len(hidden),
                  ", ".join(hidden[:5]), ", ..." if len(hidden) > 5 else "")
+    check_each_file_once(files)
     return files
+
+
+def check_each_file_once(files: dict[str, list[ImageFile]]) -> None:
+    """Refuse a file reached twice: through a class folder linked to the other class (one image, both
+    labels), test/ or val/ linked to train/ (tested on what was trained on), or two links to one image.
+
+    Files are told apart by the device and inode their stat (taken anyway) gives: the same answer as
+    comparing real paths, for nothing, and it also catches hard links to one file.
+    """
+    first: dict[tuple[int, int], ImageFile] = {}
+    twice: list[tuple[ImageFile, ImageFile]] = []
+    for split in SPLITS:
+        for f in files[split]:
+            earlier = first.setdefault(f.identity, f)
+            if earlier is not f:
+                twice.append((earlier, f))
+    if not twice:
+        return
+    a, b = twice[0]
+    if a.label != b.label:
+        harm = f"one image cannot be both {CLASSES[a.label]} and {CLASSES[b.label]}"
+    elif a.relpath.split("/")[0] != b.relpath.split("/")[0]:
+        harm = "an image trained on must not be validated or tested on too, or the accuracy flatters the model"
+    else:
+        harm = "an image would count twice"
+    raise PneumolabError(
+        f"The same file is reached twice under the data folder: {a.path} and {b.path} are both "
+        f"{os.path.realpath(b.path)} ({len(twice)} file(s) in all are reached a second time), and {harm}. Look for "
+        "a symbolic link between the split or class folders (e.g. PNEUMONIA -> NORMAL or test -> train; `ls -l` "
+        "shows them) and replace it with a folder of its own images, or delete the duplicate file or link."
+    )
 
 
 def walk_files(class_dir: Path, hidden: list[str]) -> list[Path]:
@@ -192,10 +234,35 @@ def file_stat(path: Path) -> os.stat_result:
             "Delete the link or point it at the image."
         ) from None
     except OSError as exc:
+        check_not_a_loop(path)
         raise PneumolabError(f"Cannot read {path} ({exc.strerror}). Make it readable or delete it.") from None
     if not S_ISREG(stat.st_mode):
         raise PneumolabError(f"{path} is not a regular file (a pipe, socket or device). Move it out of the class folder.")
     return stat
+
+
+def looping_link(path: Path) -> Path | None:
+    """The first symbolic link along `path` that leads back to itself (following it never ends), or None."""
+    path = path.absolute()
+    for prefix in (*reversed(path.parents), path):
+        try:
+            os.stat(prefix)
+        except OSError as exc:
+            return prefix if exc.errno == errno.ELOOP else None
+    return None
+
+
+def check_not_a_loop(path: Path) -> None:
+    """A paragraph naming `path` when it is a link that loops (checked where it is not a folder or file
+    as it should be, so that a loop is not reported as a missing folder or an unreadable file)."""
+    link = looping_link(path)
+    if link is not None:
+        raise PneumolabError(f"{loop_text(link)}. Delete the link, or point it at the real folder or image.")
+
+
+def loop_text(link: Path) -> str:
+    return (f"{link} is a symbolic link that leads back to itself (it points to {os.readlink(link)}, and following "
+            "it never reaches a folder or file)")
 
 
 def cache_key(files: dict[str, list[ImageFile]], image_size: int, resize: str) -> str:

@@ -15,19 +15,20 @@ import math
 import os
 from dataclasses import dataclass, replace
 from functools import partial
-from typing import Callable
+from typing import Callable, ContextManager
 
 import numpy as np
 import torch
 
-from pneumolab.config import Config
+from pneumolab.config import Config, ModelConfig
 from pneumolab.data.dataset import Dataset, Split, normalize, stratified_holdout
 from pneumolab.errors import PneumolabError
 from pneumolab.record.metrics import binary_metrics
 from pneumolab.record.seed_run import HISTORY_KEYS, SeedRun
 from pneumolab.engine.augment import Augmenter, make_augmenter
 from pneumolab.engine.heads import Head, balanced_class_weights, make_head, predict
-from pneumolab.models import build_stack, check_model, has_batch_norm
+from pneumolab.models import build_stack, check_model, trained_rows
+from pneumolab.models.target import fenced
 from pneumolab.engine.optim import Scheduler, make_optimizer, make_scheduler
 from pneumolab.workers import call_side_by_side, fork_available
 
@@ -88,6 +89,11 @@ class DeviceData:
     @classmethod
     def of(cls, split: Split, device: torch.device, stats: tuple[float, float]) -> "DeviceData":
         return cls(split.images.to(device), split.labels.to(device), stats)
+
+    @property
+    def n_rows(self) -> int:
+        """The rows a seed uses."""
+        return len(self.labels) if self.index is None else self.index.shape[1]
 
     def rows(self, index: torch.Tensor | slice) -> torch.Tensor:
         """Images gathered by a flat index tensor, or sliced, as normalised float32."""
@@ -175,24 +181,26 @@ class SeedOptimizers:
 
 def train_one_epoch(stack, optimizers: SeedOptimizers, head: Head, data: DeviceData,
                     shufflers: list[torch.Generator], batch_size: int, active: list[bool],
-                    augment: Augmenter | None = None):
+                    augment: Augmenter | None, fence: Callable[[str], ContextManager[None]]):
     """One pass over the training split, each seed in its own order; loss and accuracy (S,) over the
-    images trained on (all, except a last batch of one image for a model with BatchNorm layers)."""
+    images trained on (all, except a last batch of one image for a model with BatchNorm layers).
+    `fence("forward")` and `fence("backward")` wrap the model's steps (see `models.target.fenced`)."""
     stack.train()
-    n = len(data.labels) if data.index is None else data.index.shape[1]
+    n = data.n_rows
     order = torch.stack([torch.randperm(n, generator=g) for g in shufflers]).to(data.images.device)
     if data.index is not None:
         order = data.index.gather(1, order)
-    if n % batch_size == 1 and has_batch_norm(stack):
-        # BatchNorm cannot learn from a lone image: a last batch of one is left out (the last image
-        # of each epoch's shuffle, so a different one each epoch).
-        n -= 1
-        order = order[:, :n]
+    # A last batch of one left out is the last image of each epoch's shuffle, so a different one each epoch.
+    n = trained_rows(n, batch_size, stack)
+    order = order[:, :n]
     labels = data.labels[order]
     logits = []
     for start, x in epoch_batches(data, order, batch_size, augment):
-        batch_logits = stack(x)
-        optimizers.step(head.loss(batch_logits, labels[:, start : start + batch_size]), active)
+        with fence("forward"):
+            batch_logits = checked_logits(stack(x), x.shape[:2], head.n_outputs)
+            loss = head.loss(batch_logits, labels[:, start : start + batch_size])
+        with fence("backward"):
+            optimizers.step(loss, active)
         logits.append(batch_logits.detach())
     # The epoch's loss and accuracy come from the logits each batch had before its step,
     # in one pass here rather than a few small operations in every step.
@@ -216,20 +224,30 @@ def epoch_batches(data: DeviceData, order: torch.Tensor, batch_size: int, augmen
             yield chunk_start + start, images[:, start : start + batch_size]
 
 
+def checked_logits(logits: torch.Tensor, batch_shape: tuple[int, int], n_outputs: int) -> torch.Tensor:
+    """`logits`, which must be (S, B, n_outputs) for batch_shape (S, B): a custom model may change its
+    output's shape mid-training, which the heads would otherwise slice or broadcast without a word."""
+    if tuple(logits.shape) != (*batch_shape, n_outputs):
+        raise ValueError(f"it returned logits of shape {tuple(logits.shape[1:])} for a batch of {batch_shape[1]} "
+                         f"images, where every batch needs ({batch_shape[1]}, {n_outputs})")
+    return logits
+
+
 @torch.no_grad()
 def evaluate(stack, head: Head, data: DeviceData):
     """Per-seed mean loss (S,), accuracy (S,) and pneumonia log-odds (S, N)."""
     stack.eval()
-    n = len(data.labels) if data.index is None else data.index.shape[1]
+    n = data.n_rows
     losses, log_odds, labels = [], [], []
     for start in range(0, n, EVAL_CHUNK):
         if data.index is None:
+            y = data.labels[start : start + EVAL_CHUNK].expand(stack.n_seeds, -1)
             logits = stack.forward_shared(data.rows(slice(start, start + EVAL_CHUNK)))
-            y = data.labels[start : start + EVAL_CHUNK].expand(logits.shape[0], -1)
         else:  # each seed its own rows
             idx = data.index[:, start : start + EVAL_CHUNK]
-            logits = stack(data.rows(idx.reshape(-1)).view(*idx.shape, *data.images.shape[1:]))
             y = data.labels[idx]
+            logits = stack(data.rows(idx.reshape(-1)).view(*idx.shape, *data.images.shape[1:]))
+        logits = checked_logits(logits, y.shape, head.n_outputs)
         losses.append(head.loss(logits, y) * y.shape[1])
         log_odds.append(head.log_odds(logits))
         labels.append(y)
@@ -273,8 +291,10 @@ def fit_seeds(settings: Config, head: Head, data: TrainingData, seeds: list[int]
     for epoch in range(1, epochs + 1):
         lrs = optimizers.lrs()
         train_loss, train_acc = train_one_epoch(stack, optimizers, head, splits["train"], shufflers,
-                                                settings.data.batch_size, active, augment)
-        val_loss, val_acc, _ = evaluate(stack, head, splits["val"])
+                                                settings.data.batch_size, active, augment,
+                                                partial(training_fence, settings.model, epoch))
+        with fenced(settings.model, f"during validation after epoch {epoch} (eval() mode, no gradients)"):
+            val_loss, val_acc, _ = evaluate(stack, head, splits["val"])
         # The one host sync of the epoch.
         rows = torch.stack([train_loss, train_acc, val_loss, val_acc]).cpu().tolist()
         values = dict(zip(HISTORY_KEYS, [[epoch] * len(seeds), lrs, *rows]))
@@ -286,9 +306,14 @@ def fit_seeds(settings: Config, head: Head, data: TrainingData, seeds: list[int]
             on_epoch(epoch, epochs, seeds, values)
         if not any(active):
             break
-    for s, state in best.items():
-        stack.load_seed_state(s, state)
-    return finish_runs(stack, head, splits, runs)
+    with fenced(settings.model, "during the final evaluation on the validation and test images"):
+        for s, state in best.items():
+            stack.load_seed_state(s, state)
+        return finish_runs(stack, head, splits, runs)
+
+
+def training_fence(model_cfg: ModelConfig, epoch: int, step: str) -> ContextManager[None]:
+    return fenced(model_cfg, f"during training, epoch {epoch}, {step}")
 
 
 def finish_runs(stack, head: Head, splits: dict[str, DeviceData], runs: list[SeedRun]) -> list[SeedRun]:
@@ -369,10 +394,11 @@ def fit(settings: Config, dataset: Dataset, device: torch.device, on_epoch: Epoc
     """Train every seed of `settings.trainer.seeds` on `dataset`, split over `processes`
     processes (see `seed_processes`); `on_epoch` hears from this process's seeds."""
     head = make_head(settings.head.name)
-    check_model(settings.model, dataset.image_shape, head.n_outputs, settings.data.batch_size)
     stats = dataset.pixel_stats()
     data = TrainingData({name: DeviceData.of(split, device, stats) for name, split in dataset.splits().items()},
                         dataset.val_per_seed)
+    n_train = data.for_seeds(settings.trainer.seeds[:1])["train"].n_rows  # as many for every seed
+    check_model(settings.model, dataset.image_shape, head.n_outputs, settings.data.batch_size, n_train)
     groups = seed_groups(list(settings.trainer.seeds), processes)
     # The first group reports in this process; the others' reports reach it through `relay`.
     relay = getattr(on_epoch, "relay", None)

@@ -12,9 +12,9 @@ from torch import nn
 
 from pneumolab.config import ModelConfig
 from pneumolab.errors import PneumolabError
-from pneumolab.models.target import build_from_target, check_output_shape
 from pneumolab.models.mlp import MLP
 from pneumolab.models.stack import SeedRandomness, SeedStack, StackedMLP
+from pneumolab.models.target import build_from_target, check_in_training
 from pneumolab.models.weights import load_initial_weights, read_state_dict
 
 
@@ -23,12 +23,13 @@ def build_model(cfg: ModelConfig, in_shape: tuple[int, int, int], n_outputs: int
     return build_from_target(cfg, in_shape, n_outputs)
 
 
-def check_model(cfg: ModelConfig, in_shape: tuple[int, int, int], n_outputs: int, batch_size: int | None = None) -> None:
+def check_model(cfg: ModelConfig, in_shape: tuple[int, int, int], n_outputs: int, batch_size: int,
+                n_train: int) -> None:
     """Fail before training, with one paragraph, on a model that cannot be built (a key its class rejects,
-    e.g. images too small for the CNN's pooling stages), gives the wrong shape, does not fit its
-    model.weights file, or has BatchNorm layers and batches of one image."""
+    e.g. images too small for the CNN's pooling stages), does not fit its model.weights file, has
+    BatchNorm layers and batches of one image, or does not train on batches of the sizes `n_train`
+    images in batches of `batch_size` give (`target.check_in_training`)."""
     model = build_model(cfg, in_shape, n_outputs)
-    check_output_shape(model, cfg, in_shape, n_outputs)
     start_from_weights(cfg, [model])
     if batch_size == 1 and has_batch_norm(model):
         other_fix = " or model.batch_norm=false" if "batch_norm" in cfg.options else ""
@@ -36,6 +37,15 @@ def check_model(cfg: ModelConfig, in_shape: tuple[int, int, int], n_outputs: int
             f"model={cfg.name} has BatchNorm layers, which cannot learn from a batch of one image, but "
             f"data.batch_size=1. Use data.batch_size=2 or more{other_fix}."
         )
+    n = trained_rows(n_train, batch_size, model)
+    sizes = sorted({min(batch_size, n), n % batch_size} - {0}, reverse=True)  # the full batch, then the last
+    check_in_training(model, cfg, in_shape, n_outputs, sizes)
+
+
+def trained_rows(n: int, batch_size: int, module: nn.Module) -> int:
+    """How many of an epoch's `n` images `module` trains on: all, except a last batch of one image
+    when it has BatchNorm layers, which cannot learn from a lone image."""
+    return n - 1 if n % batch_size == 1 and has_batch_norm(module) else n
 
 
 def start_from_weights(cfg: ModelConfig, modules: list[nn.Module]) -> None:
