@@ -19,6 +19,8 @@ from scipy import stats
 from pneumolab.analysis import points
 from pneumolab.analysis import summary_md
 from pneumolab.analysis import sweep
+from pneumolab.analysis.summary import build_summary
+from pneumolab.cli import summarize as summarize_command
 from pneumolab.config import config_dir
 from pneumolab.config import register_configs
 from pneumolab.record.metrics import summarize
@@ -104,14 +106,14 @@ def grid(tmp_path: Path) -> Path:
 
 
 def test_swept_and_common_keys(grid: Path):
-    summary = sweep.build_summary([grid])
+    summary = build_summary([grid])
     assert [p.job_dir.name for p in summary.points] == ["0", "1", "2", "10"]  # job number order
     assert summary.swept == ["head", "data.batch_size"]
     assert summary.common == {"trainer.epochs": "3"}
 
 
 def test_csv_row_per_point_with_the_seed_statistics(grid: Path):
-    sweep.write_summary(sweep.build_summary([grid]), grid)
+    sweep.write_summary(build_summary([grid]), grid)
     rows = read_csv(grid / "summary.csv")
     assert [row["point"] for row in rows] == list(GRID)
     for row, (overrides, accs) in zip(rows, GRID.values()):
@@ -136,7 +138,7 @@ def shared_seed_values(a: list[float | None], b: list[float | None]) -> tuple[li
 
 
 def test_each_pair_differing_in_one_setting_is_paired_on_its_seeds_and_holm_adjusted(grid: Path):
-    sweep.write_summary(sweep.build_summary([grid]), grid)
+    sweep.write_summary(build_summary([grid]), grid)
     rows = markdown_rows((grid / "summary.md").read_text(), "Significance")
     # 0-1 and 2-10 differ in the head, 0-2 and 1-10 in the batch size; 0-10 and 1-2 in both: no test.
     accs = {num: a_s for num, (_, a_s) in GRID.items()}
@@ -159,7 +161,7 @@ def test_each_pair_differing_in_one_setting_is_paired_on_its_seeds_and_holm_adju
         assert float(row["p (Holm)"]) == pytest.approx(p_holm, abs=5e-4)
         assert row["verdict"] == ("significant" if p_holm < 0.05 else "not significant")
         assert row["difference"] == f"{100 * (np.mean(x) - np.mean(y)):+.1f} pt"
-    comparisons = sweep.build_summary([grid]).comparisons
+    comparisons = build_summary([grid]).comparisons
     assert [c.test["p"] for c in comparisons] == pytest.approx(raw, rel=1e-9)
     assert [c.test["t"] for c in comparisons] == pytest.approx([stats.ttest_rel(x, y).statistic for x, y in paired],
                                                                rel=1e-9)
@@ -186,7 +188,7 @@ def t_test_power(effect: float, n_a: int, n_b: int | None = None) -> float:
 
 
 def test_power_line_of_a_paired_test_matches_the_noncentral_t(grid: Path):
-    summary = sweep.build_summary([grid])
+    summary = build_summary([grid])
     for c in summary.comparisons:
         x, y = shared_seed_values(c.a.seed_values(), c.b.seed_values())
         d = np.subtract(x, y)
@@ -203,11 +205,11 @@ def test_points_without_shared_seeds_get_welchs_test_and_its_power_line(tmp_path
     for entry in results["per_seed"]:
         entry["seed"] += 10  # seeds 10..13: no seed in common with point 0
     (tmp_path / "1" / "results.json").write_text(json.dumps(results))
-    sweep.write_summary(sweep.build_summary([tmp_path]), tmp_path)
+    sweep.write_summary(build_summary([tmp_path]), tmp_path)
     (row,) = markdown_rows((tmp_path / "summary.md").read_text(), "Significance")
     a, b = [0.70, 0.74, 0.72], [0.78, 0.81, 0.77, 0.79]
     assert row["test"] == "Welch, 3 vs 4 seeds"
-    (c,) = sweep.build_summary([tmp_path]).comparisons
+    (c,) = build_summary([tmp_path]).comparisons
     assert c.test["p"] == pytest.approx(stats.ttest_ind(a, b, equal_var=False).pvalue, rel=1e-9)
     pooled = np.sqrt((2 * np.var(a, ddof=1) + 3 * np.var(b, ddof=1)) / 5)
     assert c.power["std"] == pytest.approx(pooled)
@@ -217,7 +219,7 @@ def test_points_without_shared_seeds_get_welchs_test_and_its_power_line(tmp_path
 
 
 def test_all_pairs_on_request(grid: Path):
-    summary = sweep.build_summary([grid], all_pairs=True)
+    summary = build_summary([grid], all_pairs=True)
     assert len(summary.comparisons) == 6
     sweep.write_summary(summary, grid)
     rows = markdown_rows((grid / "summary.md").read_text(), "Significance")
@@ -230,7 +232,7 @@ def test_failed_point_row_and_plot(tmp_path: Path):
     write_point(tmp_path / "0", ["data.batch_size=16"], [0.7, 0.72])
     write_failure(tmp_path / "1", ["data.batch_size=0"],
                   "Invalid config value data.batch_size=0: use a batch size of at least 1.\nsecond line")
-    summary = sweep.build_summary([tmp_path])
+    summary = build_summary([tmp_path])
     assert [p.ok for p in summary.points] == [True, False]
     sweep.write_summary(summary, tmp_path)
     rows = read_csv(tmp_path / "summary.csv")
@@ -248,7 +250,7 @@ def test_failed_point_row_and_plot(tmp_path: Path):
 def test_no_plot_and_no_stale_plot_when_every_point_failed(tmp_path: Path):
     (tmp_path / "summary.png").write_bytes(PNG_SIGNATURE)  # from an earlier summary
     write_failure(tmp_path / "0", ["data.batch_size=0"], "bad batch size")
-    sweep.write_summary(sweep.build_summary([tmp_path]), tmp_path)
+    sweep.write_summary(build_summary([tmp_path]), tmp_path)
     assert not (tmp_path / "summary.png").exists()
     assert "summary.png" not in (tmp_path / "summary.md").read_text()
 
@@ -267,7 +269,7 @@ def test_settings_not_overridden_come_from_the_config(tmp_path: Path):
     # A plain run (no override) against a run that changed the batch size: one setting differs.
     write_point(tmp_path / "a", [], [0.70, 0.72])
     write_point(tmp_path / "b", ["data.batch_size=64"], [0.71, 0.69])
-    summary = sweep.build_summary([tmp_path / "a", tmp_path / "b"])
+    summary = build_summary([tmp_path / "a", tmp_path / "b"])
     assert summary.swept == ["data.batch_size"]
     assert [p.setting("data.batch_size") for p in summary.points] == ["32", "64"]
     assert [p.setting("head") for p in summary.points] == ["bce", "bce"]  # a group by its name
@@ -284,7 +286,7 @@ def test_balanced_accuracy_and_calibration_are_columns_and_an_older_point_shows_
         results["summary"][key] = summarize(values) | {"boot95_low": min(values), "boot95_high": max(values)}
     (tmp_path / "0" / "results.json").write_text(json.dumps(results))
     write_point(tmp_path / "1", ["head=ce"], [0.72, 0.78])  # written before the three metrics existed
-    summary = sweep.build_summary([tmp_path])
+    summary = build_summary([tmp_path])
     assert [p.ok for p in summary.points] == [True, True]
     sweep.write_summary(summary, tmp_path)
     new, old = read_csv(tmp_path / "summary.csv")
@@ -304,7 +306,7 @@ def test_summarize_command_compares_several_dirs(tmp_path: Path, capsys):
     write_point(tmp_path / "s1" / "0", ["head=bce"], [0.70, 0.74])
     write_point(tmp_path / "s2" / "0", ["head=ce"], [0.78, 0.81])
     out = tmp_path / "both"
-    sweep.summarize_main([str(tmp_path / "s1"), str(tmp_path / "s2"), "--out", str(out)])
+    summarize_command.main([str(tmp_path / "s1"), str(tmp_path / "s2"), "--out", str(out)])
     rows = read_csv(out / "summary.csv")
     assert [(r["point"], r["head"]) for r in rows] == [("../s1/0", "bce"), ("../s2/0", "ce")]
     assert "| head=bce vs head=ce | " in capsys.readouterr().out  # the summary is printed too
@@ -314,7 +316,7 @@ def test_summarize_command_compares_several_dirs(tmp_path: Path, capsys):
 
 def test_summarize_command_defaults_to_the_first_dir(tmp_path: Path):
     write_point(tmp_path / "0", ["head=bce"], [0.70, 0.74])
-    sweep.summarize_main([str(tmp_path)])
+    summarize_command.main([str(tmp_path)])
     assert len(read_csv(tmp_path / "summary.csv")) == 1
 
 
@@ -324,7 +326,7 @@ def test_summarize_command_without_results_exits_2(tmp_path: Path, capsys, make_
     if make_dir:
         target.mkdir()
     with pytest.raises(SystemExit) as exc:
-        sweep.summarize_main([str(target)])
+        summarize_command.main([str(target)])
     assert exc.value.code == 2
     err = capsys.readouterr().err
     assert err.startswith("pneumolab-summarize: error: ") and str(target) in err
@@ -335,14 +337,9 @@ def test_callback_writes_the_summary_and_flags_failures(tmp_path: Path):
     write_point(tmp_path / "0", ["head=bce"], [0.70, 0.74])
     write_failure(tmp_path / "1", ["head=ce"], "boom")
     config = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}})
-    callback = sweep.SweepSummaryCallback()
-    callback.on_multirun_start(config)
-    assert not sweep.failed_jobs_in_last_sweep()
-    callback.on_multirun_end(config)
-    assert sweep.failed_jobs_in_last_sweep()
+    sweep.SweepSummaryCallback().on_multirun_end(config)
     assert {"summary.csv", "summary.md", "summary.png"} <= {p.name for p in tmp_path.iterdir()}
-    callback.on_multirun_start(config)  # the next sweep in this process starts clean
-    assert not sweep.failed_jobs_in_last_sweep()
+    assert [row["status"] for row in read_csv(tmp_path / "summary.csv")] == ["ok", "failed"]
 
 
 def compose_hydra(overrides: list[str]):
@@ -386,7 +383,7 @@ def test_a_malformed_results_json_is_a_failed_point(tmp_path: Path, capsys, cont
     (tmp_path / "1").mkdir()
     (tmp_path / "1" / "results.json").write_text(content)
     with pytest.raises(SystemExit) as exc:
-        sweep.summarize_main([str(tmp_path)])
+        summarize_command.main([str(tmp_path)])
     assert exc.value.code == 1
     err = capsys.readouterr().err
     assert "Traceback" not in err and f"failed point 1: {reason}" in err
@@ -398,7 +395,7 @@ def test_a_malformed_results_json_is_a_failed_point(tmp_path: Path, capsys, cont
 def test_a_folder_holding_only_a_garbage_results_json_is_one_failed_point(tmp_path: Path, capsys):
     (tmp_path / "results.json").write_bytes(b"\x00\xff garbage")
     with pytest.raises(SystemExit) as exc:
-        sweep.summarize_main([str(tmp_path)])
+        summarize_command.main([str(tmp_path)])
     assert exc.value.code == 1
     assert "1 point: 0 ok, 1 failed." in capsys.readouterr().out
     assert "| results.json is not valid JSON" in (tmp_path / "summary.md").read_text().replace("failed: ", "| ")
@@ -409,10 +406,8 @@ def test_the_end_of_sweep_summary_counts_a_malformed_point_as_failed(tmp_path: P
     (tmp_path / "1").mkdir()
     (tmp_path / "1" / "results.json").write_text('{"config": {}}')
     config = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}})
-    callback = sweep.SweepSummaryCallback()
-    callback.on_multirun_start(config)
-    callback.on_multirun_end(config)
-    assert sweep.failed_jobs_in_last_sweep()
+    sweep.SweepSummaryCallback().on_multirun_end(config)
+    assert [row["status"] for row in read_csv(tmp_path / "summary.csv")] == ["ok", "failed"]
 
 
 GRID_KEYS = {"head": ["bce", "ce"], "data.batch_size": [16, 32, 64, 128, 256], "optimizer.lr": [1e-4, 1e-3, 1e-2, 3e-2, 1e-1],
@@ -448,7 +443,7 @@ def big_grid(tmp_path_factory) -> tuple[Path, dict[str, list[float]]]:
 @pytest.mark.slow
 def test_a_thousand_point_grid_leads_with_the_best_points_and_main_effects(big_grid):
     root, means = big_grid
-    summary = sweep.build_summary([root])
+    summary = build_summary([root])
     assert len(summary.points) == 1000 and summary.swept == list(GRID_KEYS)
     sweep.write_summary(summary, root)
     markdown = (root / "summary.md").read_text()
@@ -474,7 +469,7 @@ def test_a_thousand_point_grid_leads_with_the_best_points_and_main_effects(big_g
 @pytest.mark.slow
 def test_a_thousand_point_grid_with_all_pairs_tests_the_leaders(big_grid):
     root, _ = big_grid
-    assert len(sweep.build_summary([root], all_pairs=True).comparisons) == 45
+    assert len(build_summary([root], all_pairs=True).comparisons) == 45
 
 
 def test_the_end_of_a_large_sweep_names_its_tests_table_instead_of_printing_them(tmp_path: Path, caplog):
@@ -536,11 +531,11 @@ def test_an_experiment_that_changes_three_keys_is_three_differences(tmp_path: Pa
                                        data__batch_size=128, tag="fig7_ce_combo", trainer__seeds=[0, 1, 2, 3, 4],
                                        data__cache_dir="/scratch/cache", report_figure={"figure": 7}),
               ["experiment=report/fig7_ce_combo", "trainer.seeds=5"], [0.80, 0.83, 0.81])
-    summary = sweep.build_summary([tmp_path / "a", tmp_path / "b"])
+    summary = build_summary([tmp_path / "a", tmp_path / "b"])
     assert summary.swept == ["head", "data.batch_size", "optimizer.lr"]  # not trainer.seeds, tag, cache_dir
     assert summary.labels == ("experiment", "trainer.seeds")
     assert summary.comparisons == []
-    sweep.summarize_main([str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "ab")])
+    summarize_command.main([str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "ab")])
     out = capsys.readouterr().out
     assert "The two points differ in 3 settings (`head`, `data.batch_size`, `optimizer.lr`), not one" in out
     assert "exactly one setting" not in out.split("## Significance")[1].split("\n\n")[2]
@@ -548,7 +543,7 @@ def test_an_experiment_that_changes_three_keys_is_three_differences(tmp_path: Pa
     assert [(r["experiment"], r["head"], r["optimizer.lr"]) for r in rows] == [
         ("(not set)", "bce", "0.001"), ("report/fig7_ce_combo", "ce", "1e-06")]
     # --all-pairs still tests them, naming all three differences.
-    summary = sweep.build_summary([tmp_path / "a", tmp_path / "b"], all_pairs=True)
+    summary = build_summary([tmp_path / "a", tmp_path / "b"], all_pairs=True)
     (comparison,) = summary.comparisons
     assert comparison.differing == ("head", "data.batch_size", "optimizer.lr")
 
@@ -558,7 +553,7 @@ def test_exactly_one_resolved_key_differs_whatever_was_typed(tmp_path: Path):
     write_run(tmp_path / "a", resolved(), [], [0.70, 0.72, 0.71])
     write_run(tmp_path / "b", resolved(head={"name": "ce", "class_weights": "none"}, tag="fig2_ce",
                                        trainer__seeds=[0, 1, 2, 3]), ["experiment=report/fig2_ce"], [0.74, 0.75, 0.73])
-    summary = sweep.build_summary([tmp_path / "a", tmp_path / "b"])
+    summary = build_summary([tmp_path / "a", tmp_path / "b"])
     (comparison,) = summary.comparisons
     assert comparison.differing == ("head",) and summary.swept == ["head"]
     # Both ran seeds 0, 1, 2 (b's trainer.seeds is a label, never a difference): paired on them.
@@ -572,7 +567,7 @@ def test_a_config_group_option_is_one_difference_with_the_keys_it_brings(tmp_pat
     write_run(tmp_path / "1", resolved(model=cnn), ["model=cnn"], [0.74, 0.75])
     # The same option with a typed key: that key is a difference of its own.
     write_run(tmp_path / "2", resolved(model={**cnn, "dropout": 0.5}), ["model=cnn", "model.dropout=0.5"], [0.73, 0.76])
-    summary = sweep.build_summary([tmp_path])
+    summary = build_summary([tmp_path])
     assert summary.swept == ["model", "model.dropout"]  # not model.hidden_sizes or model.channels
     assert [(c.a.job_dir.name, c.b.job_dir.name, c.differing) for c in summary.comparisons] == [
         ("0", "1", ("model",)), ("1", "2", ("model.dropout",))]  # 0 vs 2: model and dropout, untested
@@ -587,7 +582,7 @@ def test_summarize_metric_auc_gives_scipys_paired_p_on_the_per_seed_aucs(tmp_pat
     write_run(tmp_path / "0", resolved(), ["model=mlp"], [0.86, 0.87, 0.86, 0.87, 0.86], mlp_auc)
     write_run(tmp_path / "1", resolved(model={"name": "cnn", "channels": [16, 32]}), ["model=cnn"],
               [0.88, 0.87, 0.89, 0.88, 0.88], cnn_auc)
-    sweep.summarize_main([str(tmp_path), "--metric", "test_auc"])
+    summarize_command.main([str(tmp_path), "--metric", "test_auc"])
     markdown = capsys.readouterr().out
     assert "A t-test over seeds on AUC (`test_auc`;" in markdown
     (row,) = markdown_rows(markdown, "Significance")
@@ -595,7 +590,7 @@ def test_summarize_metric_auc_gives_scipys_paired_p_on_the_per_seed_aucs(tmp_pat
     assert row["comparison"] == "model=mlp vs model=cnn"
     assert row["difference"] == f"{np.mean(mlp_auc) - np.mean(cnn_auc):+.3f}" == "-0.024"  # a fraction, not pt
     assert expected < 0.001 and row["p"] == "< 0.001"
-    (comparison,) = sweep.build_summary([tmp_path], metric="test_auc").comparisons
+    (comparison,) = build_summary([tmp_path], metric="test_auc").comparisons
     assert comparison.test["p"] == pytest.approx(expected, rel=1e-9)
     line = summary_md.describe_comparison(comparison, tmp_path)
     assert line.startswith("model=mlp vs model=cnn: AUC -0.024, paired p < 0.001, significant")
@@ -606,14 +601,14 @@ def test_summarize_metric_choices_come_from_the_metric_table(tmp_path: Path, met
     write_point(tmp_path / "0", ["head=bce"], [0.70, 0.74])
     results = json.loads((tmp_path / "0" / "results.json").read_text())
     assert metric in results["summary"] or metric == "test_balanced_acc"
-    sweep.summarize_main([str(tmp_path), "--metric", metric])
+    summarize_command.main([str(tmp_path), "--metric", metric])
     assert f"(`{metric}`;" in (tmp_path / "summary.md").read_text()
 
 
 def test_summarize_rejects_an_unknown_metric(tmp_path: Path, capsys):
     write_point(tmp_path / "0", ["head=bce"], [0.70, 0.74])
     with pytest.raises(SystemExit) as exc:
-        sweep.summarize_main([str(tmp_path), "--metric", "accuracy"])
+        summarize_command.main([str(tmp_path), "--metric", "accuracy"])
     assert exc.value.code == 2 and "test_auc" in capsys.readouterr().err
 
 
@@ -645,7 +640,7 @@ def test_summary_png_measures_accuracy_against_always_answering_pneumonia(tmp_pa
     confusion = [[0, 234], [0, 390]]  # the Kaggle test split: 390 pneumonia of 624
     write_run(tmp_path / "0", resolved(), ["model=mlp"], [0.76, 0.77], confusion=confusion)
     write_run(tmp_path / "1", resolved(model={"name": "cnn"}), ["model=cnn"], [0.78, 0.79], confusion=confusion)
-    summary = sweep.build_summary([tmp_path])
+    summary = build_summary([tmp_path])
     assert points.all_pneumonia_rate(summary.points[0].results) == pytest.approx(390 / 624)
     drawn = {}
     monkeypatch.setattr("pneumolab.outputs.plots.plot_summary", lambda plotted, path, *args, **kw: drawn.update(kw, points=plotted))
@@ -661,7 +656,7 @@ def test_points_of_many_differences_are_plotted_as_categories_named_by_their_exp
                 "report/fig7_ce_combo": resolved(head={"name": "ce"}, data__batch_size=128, optimizer__lr=1e-6)}
     for num, (name, config) in enumerate(settings.items()):
         write_run(tmp_path / str(num), config, [f"experiment={name}"], [0.75 + num / 100, 0.76])
-    summary = sweep.build_summary([tmp_path])
+    summary = build_summary([tmp_path])
     assert summary.swept == ["head", "data.batch_size", "optimizer.lr"] and summary.labels == ("experiment",)
     drawn = {}
     monkeypatch.setattr("pneumolab.outputs.plots.plot_summary",
@@ -687,7 +682,7 @@ def test_a_3_seed_and_a_5_seed_sweep_test_each_question_once_paired_on_the_5_see
                       resolved(head={"name": head, "class_weights": "none"}, data__batch_size=batch,
                                trainer__seeds=list(range(n_seeds))),
                       [f"head={head}", f"data.batch_size={batch}", f"trainer.seeds={n_seeds}"], values[:n_seeds])
-    summary = sweep.build_summary([tmp_path / "seeds3", tmp_path / "seeds5"])
+    summary = build_summary([tmp_path / "seeds3", tmp_path / "seeds5"])
     assert summary.swept == ["head", "data.batch_size"] and "trainer.seeds" in summary.labels
     assert all(c.a.job_dir.parent.name == c.b.job_dir.parent.name == "seeds5" for c in summary.comparisons)
     assert [(c.a.job_dir.name, c.b.job_dir.name) for c in summary.comparisons] == [("0", "1"), ("0", "2"),
@@ -703,7 +698,7 @@ def test_a_3_seed_and_a_5_seed_sweep_test_each_question_once_paired_on_the_5_see
     assert [row["test"] for row in markdown_rows(markdown, "Significance")] == ["paired, 5 seeds"] * 4
     assert "Not tested, as repeats (seeds3/0 vs seeds3/1, seeds3/0 vs seeds3/2, " in markdown
     # --all-pairs never tests a point against a run of the same settings.
-    every = sweep.build_summary([tmp_path / "seeds3", tmp_path / "seeds5"], all_pairs=True)
+    every = build_summary([tmp_path / "seeds3", tmp_path / "seeds5"], all_pairs=True)
     assert len(every.comparisons) == 6 and all(c.differing for c in every.comparisons)
 
 
@@ -712,7 +707,7 @@ def test_a_3_seed_point_against_a_5_seed_one_is_paired_on_seeds_0_to_2(tmp_path:
     write_run(tmp_path / "0", resolved(), ["head=bce"], bce)
     write_run(tmp_path / "1", resolved(head={"name": "ce", "class_weights": "none"}, trainer__seeds=list(range(5))),
               ["head=ce", "trainer.seeds=5"], ce)
-    summary = sweep.build_summary([tmp_path])
+    summary = build_summary([tmp_path])
     (c,) = summary.comparisons
     assert c.differing == ("head",) and summary.labels == ("trainer.seeds",)
     assert c.test["p"] == pytest.approx(stats.ttest_rel(bce, ce[:3]).pvalue, rel=1e-9)
@@ -730,7 +725,7 @@ def test_summary_md_says_why_a_point_has_no_test_set_interval(tmp_path: Path):
             results["summary"][key].update(boot95_low=None, boot95_high=None, boot95_note=note)
         results["summary"]["test_sensitivity"].update(boot95_low=0.6, boot95_high=0.8, boot95_note=None)
         (tmp_path / num / "results.json").write_text(json.dumps(results))
-    sweep.write_summary(sweep.build_summary([tmp_path]), tmp_path)
+    sweep.write_summary(build_summary([tmp_path]), tmp_path)
     markdown = (tmp_path / "summary.md").read_text()
     table = markdown.split("| point |", 1)[1]
     assert table.count("no test-set interval†") == 4  # accuracy and AUC of both points

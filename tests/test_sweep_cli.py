@@ -23,7 +23,7 @@ from scipy import stats
 
 from conftest import pneumolab_command, subprocess_env
 from pneumolab.cores import usable_cores
-from pneumolab.analysis.sweep import build_summary
+from pneumolab.analysis.summary import build_summary
 from test_sweep import markdown_rows, read_csv
 
 pytestmark = pytest.mark.slow  # real sweeps through every launcher

@@ -10,15 +10,14 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import Any, Sequence
 
 from pneumolab.record.bootstrap import RESAMPLES
 from pneumolab.record.metric_table import BY_KEY, METRICS
 from pneumolab.record.metrics import ALPHA, ECE_BINS, POWER, summarize
+from pneumolab.analysis.summary import Summary
 from pneumolab.analysis.points import LEADERS, MANY_POINTS, Comparison, Point, differing_keys, rank_points
 
-if TYPE_CHECKING:
-    from pneumolab.analysis.sweep import Summary
 
 DASH = "–"
 NO_TEST_SET_INTERVAL = "no test-set interval†"  # boot_notes says why under the table
@@ -119,7 +118,7 @@ def status_cells(point: Point) -> list[str]:
     return [DASH, DASH, f"failed: {point.error}"]
 
 
-def format_points(summary: "Summary", out_dir: Path) -> list[str]:
+def format_points(summary: Summary, out_dir: Path) -> list[str]:
     keys = (*summary.labels, *summary.swept)
     header = ["point", *keys, METRICS[0].label, "ensemble", *(m.label for m in METRICS[1:]),
               "seeds", "diverged", "status"]
@@ -131,7 +130,7 @@ def format_points(summary: "Summary", out_dir: Path) -> list[str]:
     return table(header, rows) + boot_notes(summary.points, out_dir)
 
 
-def format_leaders(summary: "Summary", out_dir: Path) -> list[str]:
+def format_leaders(summary: Summary, out_dir: Path) -> list[str]:
     metric = BY_KEY[summary.metric]
     ranked = rank_points(summary.points, metric.key)[:LEADERS]
     shown = list(dict.fromkeys([metric.key, "test_acc"]))
@@ -167,7 +166,7 @@ def main_effect(points: Sequence[Point], key: str, value: str, metric: str = "te
             **summarize([p.mean(metric) for p in members])}
 
 
-def format_main_effects(summary: "Summary", out_dir: Path) -> list[str]:
+def format_main_effects(summary: Summary, out_dir: Path) -> list[str]:
     metric = BY_KEY[summary.metric]
     ranked = rank_points(summary.points, metric.key)
     scale, _, digits = metric.scale
@@ -189,7 +188,7 @@ def format_main_effects(summary: "Summary", out_dir: Path) -> list[str]:
     return lines
 
 
-def format_failed(summary: "Summary", out_dir: Path) -> list[str]:
+def format_failed(summary: Summary, out_dir: Path) -> list[str]:
     if not summary.failed:
         return []
     return ["## Failed points", "",
@@ -253,7 +252,7 @@ def comparison_row(c: Comparison, out_dir: Path) -> list[str]:
             f"{label_point(c.a, out_dir)} vs {label_point(c.b, out_dir)}"]
 
 
-def repeats_text(summary: "Summary", out_dir: Path) -> str:
+def repeats_text(summary: Summary, out_dir: Path) -> str:
     """The pairs left untested because a tested pair asks the same question."""
     listed = ", ".join(f"{label_point(a, out_dir)} vs {label_point(b, out_dir)}" for a, b in summary.repeats)
     return (f"Not tested, as repeats ({listed}): these points hold the same settings as a tested pair's, run again "
@@ -262,7 +261,7 @@ def repeats_text(summary: "Summary", out_dir: Path) -> str:
             "shares the most seeds.")
 
 
-def scope_text(summary: "Summary") -> str:
+def scope_text(summary: Summary) -> str:
     if len([p for p in summary.points if p.ok]) > MANY_POINTS:
         return (f"every pair of the best {LEADERS} points" if summary.all_pairs else
                 f"the best point against each of the next {LEADERS - 1}") + \
@@ -271,7 +270,7 @@ def scope_text(summary: "Summary") -> str:
         "every pair of finished points whose resolved configs differ in exactly one setting"
 
 
-def tested_text(summary: "Summary") -> str:
+def tested_text(summary: Summary) -> str:
     """Why no pair was tested, naming what differs, key by key; "" when some pair was, or none can be."""
     finished = [p for p in summary.points if p.ok]
     if summary.comparisons or len(finished) < 2:
@@ -287,7 +286,7 @@ def tested_text(summary: "Summary") -> str:
     return f"No two finished points' resolved configs differ in exactly one setting. {hint}"
 
 
-def format_significance(summary: "Summary", out_dir: Path) -> list[str]:
+def format_significance(summary: Summary, out_dir: Path) -> list[str]:
     n = len(summary.comparisons)
     metric = BY_KEY[summary.metric]
     correction = (f"The {n} p-values are Holm-adjusted together (p (Holm)), which keeps the chance of any "
@@ -314,7 +313,7 @@ def format_significance(summary: "Summary", out_dir: Path) -> list[str]:
     return lines + rows + (["", repeats_text(summary, out_dir)] if summary.repeats else [])
 
 
-def format_markdown(summary: "Summary", out_dir: Path, plotted: bool) -> str:
+def format_markdown(summary: Summary, out_dir: Path, plotted: bool) -> str:
     n_failed, n = len(summary.failed), len(summary.points)
     lines = ["# Sweep summary", "", f"{n} point{'s' if n != 1 else ''}: {n - n_failed} ok, {n_failed} failed.", "",
              INTERVALS_NOTE, ""]

@@ -8,80 +8,28 @@ rebuild it after points were added or compare runs from several sweeps.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import logging
-import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from pneumolab.errors import PneumolabError
-from pneumolab.cli.exits import side_command
 from pneumolab.files import atomic_open, atomic_write_text, written_together
-from pneumolab.record.metric_table import BY_KEY, METRICS, SUMMARY_KEYS, Metric
-from pneumolab.analysis.points import (
-    MANY_POINTS, NOT_SET, Comparison, Point, all_pneumonia_rate, compare_points, find_common_settings,
-    find_differing_settings, find_label_keys, find_points, rank_points,
-)
+from pneumolab.record.metric_table import BY_KEY, METRICS, Metric
+from pneumolab.record.names import SUMMARY_CSV, SUMMARY_MD, SUMMARY_PNG
+from pneumolab.analysis.points import MANY_POINTS, NOT_SET, Point, all_pneumonia_rate, rank_points
+from pneumolab.analysis.summary import Summary, build_summary
 from pneumolab.analysis.summary_md import describe_comparison, format_markdown, label_point, main_effect, tested_text
 
 log = logging.getLogger("pneumolab")
 
-SUMMARY_CSV = "summary.csv"
-SUMMARY_MD = "summary.md"
-SUMMARY_PNG = "summary.png"
 STATS = ("mean", "std", "ci95_low", "ci95_high", "ci95_clipped")
 BOOT_STATS = ("boot95_low", "boot95_high")
-SEARCH_SWEEPER = "optuna"  # a sweep whose sweeper searches: plotted as the objective per trial
 
-_failed_in_last_sweep = False
 # Past this many tests the end of a sweep names the table instead of printing each line.
 MAX_CONSOLE_COMPARISONS = 4
-
-
-@dataclass(frozen=True)
-class Summary:
-    """What summary.csv, summary.md and summary.png show.
-
-    `swept`: the resolved settings that differ between points (what comparisons name);
-    `labels`: typed keys that differ but are no setting (experiment=..., trainer.seeds=...);
-    `metric`: what the t-tests and summary.png compare (test accuracy unless asked).
-    """
-
-    points: list[Point]
-    swept: list[str]
-    common: dict[str, str]
-    comparisons: list[Comparison]
-    all_pairs: bool
-    search: bool = False
-    labels: tuple[str, ...] = ()
-    metric: str = "test_acc"
-    repeats: tuple[tuple[Point, Point], ...] = ()  # pairs not tested: they repeat a tested pair's question
-
-    @property
-    def failed(self) -> list[Point]:
-        return [p for p in self.points if not p.ok]
-
-
-def is_search(points: Sequence[Point]) -> bool:
-    """Whether a searching sweeper ran the sweep: the first job's Hydra record names it."""
-    record = points[0].job_dir / ".hydra" / "hydra.yaml" if points else None
-    if record is None or not record.is_file():
-        return False
-    target = OmegaConf.select(OmegaConf.load(record), "hydra.sweeper._target_", default="") or ""
-    return SEARCH_SWEEPER in target.lower()
-
-
-def build_summary(roots: Sequence[Path], all_pairs: bool = False, metric: str = "test_acc") -> Summary:
-    points = find_points(roots)
-    swept = find_differing_settings(points)
-    comparisons, repeats = compare_points(points, swept, all_pairs, metric)
-    return Summary(points, swept, find_common_settings(points, swept), comparisons, all_pairs, is_search(points),
-                   tuple(find_label_keys(points, swept)), metric, tuple(repeats))
 
 
 # --- writing -----------------------------------------------------------------
@@ -214,31 +162,19 @@ def write_summary(summary: Summary, out_dir: Path) -> None:
         atomic_write_text(out_dir / SUMMARY_MD, format_markdown(summary, out_dir, plotted))
 
 
-# --- entry points ------------------------------------------------------------
-
-
-def failed_jobs_in_last_sweep() -> bool:
-    """Whether the summary of the sweep that just ended in this process lists a failed point."""
-    return _failed_in_last_sweep
+# --- the callback ------------------------------------------------------------
 
 
 class SweepSummaryCallback(Callback):
     """Summarise the sweep directory when a multirun ends (in the launching process, any launcher)."""
 
-    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        global _failed_in_last_sweep
-        _failed_in_last_sweep = False
-
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        global _failed_in_last_sweep
         sweep_dir = Path(config.hydra.sweep.dir)
         summary = build_summary([sweep_dir])
         if not summary.points:
             log.error("no job of the sweep left a results.json or error.json in %s: no summary written", sweep_dir)
-            _failed_in_last_sweep = True
             return
         write_summary(summary, sweep_dir)
-        _failed_in_last_sweep = bool(summary.failed)
         for point in summary.failed:
             log.error("failed point %s (%s): %s", point.job_dir.name, " ".join(point.overrides), point.error)
         if len(summary.comparisons) <= MAX_CONSOLE_COMPARISONS:
@@ -250,43 +186,3 @@ class SweepSummaryCallback(Callback):
         if not summary.comparisons and (untested := tested_text(summary)):
             log.info("%s", untested)
         log.info("sweep summary of %d points: %s", len(summary.points), sweep_dir.absolute() / SUMMARY_MD)
-
-
-@side_command("pneumolab-summarize")
-def summarize_main(argv: Sequence[str] | None = None) -> None:
-    """`pneumolab-summarize DIR [DIR ...] [--out OUT] [--all-pairs] [--metric NAME]`: exit 1 when a point
-    failed, 2 on bad input."""
-    parser = argparse.ArgumentParser(
-        prog="pneumolab-summarize",
-        description="Rebuild summary.csv, summary.md and summary.png from the results.json (and error.json) "
-                    "files under one sweep directory, or compare the runs found under several directories.",
-    )
-    parser.add_argument("dirs", nargs="+", type=Path, metavar="DIR",
-                        help="a sweep directory, or a run directory holding results.json; searched recursively")
-    parser.add_argument("--out", type=Path, help="where to write the summary (default: the first DIR)")
-    parser.add_argument("--all-pairs", action="store_true",
-                        help="test every pair of points, not only those whose resolved configs differ in exactly "
-                             "one setting")
-    parser.add_argument("--metric", default="test_acc", choices=SUMMARY_KEYS, metavar="NAME",
-                        help="the per-seed metric the t-tests and summary.png compare (default: test_acc); "
-                             f"one of {', '.join(SUMMARY_KEYS)}")
-    args = parser.parse_args(argv)
-
-    missing = [str(d) for d in args.dirs if not d.is_dir()]
-    if missing:
-        raise PneumolabError(f"{', '.join(missing)}: no such directory. Give the sweep directory Hydra printed "
-                             "(outputs/multirun/<date>/<time>) or a run directory (outputs/runs/<date>/<time>).")
-    summary = build_summary(args.dirs, all_pairs=args.all_pairs, metric=args.metric)
-    if not summary.points:
-        raise PneumolabError(
-            f"No results found: no results.json or error.json under {', '.join(map(str, args.dirs))}. "
-            "A job writes results.json when it finishes; point this command at a sweep directory "
-            "(outputs/multirun/<date>/<time>) or at run directories (outputs/runs/<date>/<time>) of finished jobs.")
-    out_dir = args.out or args.dirs[0]
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_summary(summary, out_dir)
-    print((out_dir / SUMMARY_MD).read_text(encoding="utf-8"), end="")
-    for point in summary.failed:
-        print(f"pneumolab-summarize: failed point {label_point(point, out_dir)}: {point.error}", file=sys.stderr)
-    if summary.failed:
-        sys.exit(1)

@@ -194,7 +194,8 @@ def handled(command: str = MAIN) -> Iterator[None]:
     """
     global _main_pid
     _main_pid = os.getpid()
-    caller, _now.command = _now.command, command
+    caller = (_now.command, _now.sweep_dir, _now.job_dir)
+    _now.command, _now.sweep_dir, _now.job_dir = command, None, None
     user_wants_tracebacks = bool(os.environ.get("HYDRA_FULL_ERROR"))
     previous = {signum: signal.signal(signum, _on_signal) for signum in SIGNALS}
     try:
@@ -217,9 +218,14 @@ def handled(command: str = MAIN) -> Iterator[None]:
         undo_start()
         fail(disk_paragraph(exc))
     finally:
-        _now.command = caller  # a test that runs a command in-process leaves the next one as it was
+        _now.command, _now.sweep_dir, _now.job_dir = caller  # a command run in-process leaves the next as it was
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+
+
+def current_sweep_dir() -> Path | None:
+    """The folder of the sweep this command started, once Hydra has begun it; None for a single run."""
+    return _now.sweep_dir
 
 
 @contextmanager

@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from pneumolab.config import Config, config_dir, layer_sizes, register_configs, to_settings
 from pneumolab.errors import PneumolabError
 from pneumolab.record.metric_table import mean_std_percent
-from pneumolab.cli.exits import handled, hydra_raises
+from pneumolab.cli.exits import current_sweep_dir, handled, hydra_raises
 from pneumolab.cli.rundir import undo_start  # also registers ${pneumolab_unique:} before Hydra resolves a directory
 from pneumolab.outputs.tracking import check_tracker_installed, check_tracker_reachable, track_job
 from pneumolab.record.names import CALIBRATION_PNG, CURVES_PNG, ROC_PNG
@@ -279,10 +279,14 @@ def main() -> None:
         sys.exit(2)
     with handled(), hydra_raises():  # input problems exit 2, Ctrl-C / SIGTERM 130 / 143, one line each
         hydra_entry()
-    from pneumolab.analysis.sweep import failed_jobs_in_last_sweep
+        sweep_dir = current_sweep_dir()
+    if sweep_dir is not None:
+        from pneumolab.analysis.points import find_points
 
-    if failed_jobs_in_last_sweep():
-        sys.exit(1)
+        # As the sweep's summary tells it, from the job files: a failed point (error.json), or none at all.
+        points = find_points([sweep_dir])
+        if not points or not all(point.ok for point in points):
+            sys.exit(1)
 
 
 if __name__ == "__main__":
