@@ -13,12 +13,12 @@ import sys
 import threading
 import time
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Iterator
 
 import pytest
 
 from conftest import REPO, pneumolab_command, subprocess_env
+from pneumolab.config import MLflowLoggerConfig, TensorBoardLoggerConfig
 from pneumolab.errors import PneumolabError
 from pneumolab.outputs.tracking import CONNECT_TIMEOUT_S, check_tracker_reachable
 
@@ -81,8 +81,8 @@ def status_server() -> Iterator[tuple[str, dict[str, int]]]:
         yield url, status
 
 
-def mlflow_logger(uri: str) -> SimpleNamespace:
-    return SimpleNamespace(name="mlflow", tracking_uri=uri)
+def mlflow_logger(uri: str) -> MLflowLoggerConfig:
+    return MLflowLoggerConfig(tracking_uri=uri)
 
 
 def refusal(uri: str) -> tuple[str, float]:
@@ -125,7 +125,7 @@ def test_only_a_tracking_servers_answer_passes(status_server):
         assert f"{url}/health answered HTTP {code}" in message
     # Local stores and other loggers need no server.
     check_tracker_reachable(mlflow_logger("sqlite:///outputs/mlflow.db"))
-    check_tracker_reachable(SimpleNamespace(name="tensorboard"))
+    check_tracker_reachable(TensorBoardLoggerConfig())
 
 
 def run_pneumolab(tmp_path: Path, args: list[str]) -> tuple[subprocess.CompletedProcess, float]:
@@ -155,7 +155,7 @@ def test_pneumolab_stops_before_training_with_one_paragraph_and_exit_2(tmp_path:
 RECORD_WITH_A_FILE_SIZE_LIMIT = """
 import json, logging, resource, signal, sys
 from pathlib import Path
-from types import SimpleNamespace
+from pneumolab.config import TensorBoardLoggerConfig
 from pneumolab.record.results import read_metrics_csv
 from pneumolab.outputs.tracking import track_job
 from pneumolab.record.seed_run import SeedRun
@@ -166,7 +166,7 @@ runs = [SeedRun(history["seed"], history) for history in read_metrics_csv(job / 
 logging.basicConfig(level=logging.INFO, format="[%(levelname)s] %(message)s")
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit then fails (EFBIG) instead of killing
 resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
-track_job(SimpleNamespace(name="tensorboard"), job, runs, results)
+track_job(TensorBoardLoggerConfig(), job, runs, results)
 """
 
 

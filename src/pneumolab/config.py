@@ -463,7 +463,15 @@ class TrainerConfig:
 
 @dataclass
 class LoggerConfig:
+    """A logger option is its schema: the module whose record(logger, job) sends a finished job to its tracker
+    (None: no tracker), the extra of the same name it needs, and the server it talks to, if any."""
+
+    tracker = None
     name: str = MISSING
+
+    def health_url(self) -> Optional[str]:
+        """A page its tracking server answers, checked once before training; None: no server."""
+        return None
 
 
 @dataclass
@@ -473,11 +481,13 @@ class NoLoggerConfig(LoggerConfig):
 
 @dataclass
 class TensorBoardLoggerConfig(LoggerConfig):
+    tracker = "pneumolab.outputs.tracking.tensorboard_tracker"
     name: str = "tensorboard"
 
 
 @dataclass
 class MLflowLoggerConfig(LoggerConfig):
+    tracker = "pneumolab.outputs.tracking.mlflow_tracker"
     name: str = "mlflow"
     # A relative sqlite path is relative to the working directory, as users type it.
     tracking_uri: str = "sqlite:///outputs/mlflow.db"
@@ -489,6 +499,10 @@ class MLflowLoggerConfig(LoggerConfig):
     def __post_init__(self) -> None:
         _require(bool(self.tracking_uri.strip()), "logger.tracking_uri", self.tracking_uri,
                  "give a tracking URI, e.g. sqlite:///outputs/mlflow.db or http://127.0.0.1:5000.")
+
+    def health_url(self) -> Optional[str]:
+        uri = self.tracking_uri
+        return uri.rstrip("/") + "/health" if uri.startswith(("http://", "https://")) else None
 
 
 def _seed_list(seeds: Any) -> list[Any]:

@@ -88,7 +88,7 @@ class JobWatch(Callback):
         # A tracking server that does not answer would fail every point: the sweep stops once, before any.
         # (A sweep over the logger or its URI leaves them out of this config; each of its jobs checks its own.)
         try:
-            check_tracker_reachable(config.logger)
+            check_tracker_reachable(OmegaConf.to_object(config.logger))  # its schema knows the server
         except PneumolabError as exc:
             fail(str(exc))
 

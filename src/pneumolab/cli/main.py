@@ -16,7 +16,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from pneumolab.config import Config, config_dir, layer_sizes, register_configs, to_settings
+from pneumolab.config import Config, config_dir, layer_sizes, model_name, register_configs, to_settings
 from pneumolab.errors import PneumolabError
 from pneumolab.record.metric_table import mean_std_percent
 from pneumolab.cli.exits import current_sweep_dir, handled, hydra_raises
@@ -225,7 +225,7 @@ def divergence_advice(config: dict) -> str:
     advice = f"Lower optimizer.lr (it is {optimizer['lr']:g}; try {optimizer['lr'] / 10:g})"
     if optimizer["name"] == "sgd":
         advice += " or switch to optimizer=adam"
-    if config["model"]["name"] == "custom":
+    if model_name(config["model"].get("_target_")) == "custom":
         advice += (". If it still diverges, check the custom model's forward for operations that can overflow "
                    "(exp, log of 0, division by 0)")
     return advice + "."

@@ -29,26 +29,20 @@ CONNECT_TIMEOUT_S = 5.0
 # Statuses of a server that answers: 401 and 403 are an MLflow server behind a login, which the client handles.
 ANSWERING = (200, 401, 403)
 
-# logger.name -> the module whose record(logger, job) sends a job to that tracker.
-TRACKERS = {
-    "tensorboard": "pneumolab.outputs.tracking.tensorboard_tracker",
-    "mlflow": "pneumolab.outputs.tracking.mlflow_tracker",
-}
-
-
 def check_tracker_installed(logger: Any) -> None:
     """Before training: a PneumolabError naming the pip command when the tracker's packages are missing."""
-    if logger.name in TRACKERS:
+    if logger.tracker:
         require_extra(logger.name, f"logger={logger.name}")
 
 
 def check_tracker_reachable(logger: Any) -> None:
-    """Before training: a PneumolabError when logger=mlflow names an http(s) tracking server that does not
-    answer its health page within CONNECT_TIMEOUT_S (refused, silent, or not speaking HTTP)."""
-    if logger.name != "mlflow" or not str(logger.tracking_uri).startswith(("http://", "https://")):
+    """Before training: a PneumolabError when the logger names a tracking server (logger=mlflow with an
+    http(s) URI) that does not answer its health page within CONNECT_TIMEOUT_S (refused, silent, or not HTTP)."""
+    url = logger.health_url()
+    if url is None:
         return
     uri = str(logger.tracking_uri)
-    problem = health_problem(uri.rstrip("/") + "/health")
+    problem = health_problem(url)
     if problem:
         raise PneumolabError(
             f"logger=mlflow cannot reach the tracking server logger.tracking_uri={uri}: {problem} (one try, "
@@ -75,12 +69,12 @@ def health_problem(url: str) -> str | None:
 
 def track_job(logger: Any, job_dir: Path, runs: list["SeedRun"], results: dict[str, Any]) -> None:
     """Send a finished job to the configured tracker; a failure is one warning, never an error."""
-    if logger.name not in TRACKERS:
+    if not logger.tracker:
         return
     from pneumolab.outputs.tracking.job import TrackedJob
 
     try:
-        tracker = importlib.import_module(TRACKERS[logger.name])
+        tracker = importlib.import_module(logger.tracker)
         tracker.record(logger, TrackedJob.collect(job_dir, runs, results))
     except Exception as exc:  # noqa: BLE001 - the job's own files are written; tracking must not fail it
         # The first line only: a database error goes on with the SQL it ran.
