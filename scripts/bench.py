@@ -36,7 +36,7 @@ from pneumolab.config import (  # noqa: E402
 from pneumolab.data.dataset import Dataset  # noqa: E402
 from pneumolab.data.load import load_data  # noqa: E402
 from pneumolab.models.mlp import MLP  # noqa: E402
-from pneumolab.analysis.report import RUN_RECORD  # noqa: E402
+from pneumolab.record.names import RUN_RECORD  # noqa: E402
 from pneumolab.engine.train import configure_torch, fit, seed_processes  # noqa: E402
 from pneumolab.cores import usable_cores  # noqa: E402
 

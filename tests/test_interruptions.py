@@ -217,14 +217,20 @@ def wait_for_workers(proc: subprocess.Popen, log: Path) -> list[int]:
     raise AssertionError(f"the job ended or never trained before it could be interrupted: {proc.communicate()[1]}")
 
 
-def check_stopped(proc: subprocess.Popen, signum: int, workers: list[int]) -> str:
+def ended_by(proc: subprocess.Popen, signum: int) -> str:
+    """The stderr of `proc`, which must end with exit 128 + signum and no traceback."""
     try:
         _, stderr = proc.communicate(timeout=60)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)  # leave no stray processes behind
         raise
     assert proc.returncode == 128 + signum, stderr
-    assert "Traceback" not in stderr
+    assert "Traceback" not in stderr, stderr
+    return stderr
+
+
+def check_stopped(proc: subprocess.Popen, signum: int, workers: list[int]) -> str:
+    stderr = ended_by(proc, signum)
     (line,) = stderr.strip().splitlines()
     name = "Ctrl-C (SIGINT)" if signum == signal.SIGINT else "SIGTERM"
     assert line.startswith(f"pneumolab: stopped by {name}"), line

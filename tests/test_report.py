@@ -14,7 +14,9 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from scipy import stats
 
 from conftest import REPO, subprocess_env
-from pneumolab.analysis.report import build_report, hydra_value
+from pneumolab.analysis.report import build_report
+from pneumolab.cli.overrides import quote_path
+from pneumolab.cli.reproduce import sweep_overrides
 
 SCRIPT = REPO / "scripts" / "reproduce_report.py"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -180,9 +182,16 @@ def test_failed_job_is_reported_not_fatal(report_dir: Path, tmp_path: Path) -> N
 
 
 @pytest.mark.parametrize("path", ["/data/chest xray", "/data/a,b", "/data/it's", "/data/x=y[1]"])
-def test_hydra_value_keeps_a_path_one_value(path: str) -> None:
-    (override,) = OverridesParser.create().parse_overrides([f"data.root={hydra_value(path)}"])
+def test_a_path_as_typed_stays_one_hydra_value(path: str) -> None:
+    (override,) = OverridesParser.create().parse_overrides([f"data.root={quote_path(path, as_typed=True)}"])
     assert override.value() == path
+
+
+def test_the_sweep_command_shows_plain_paths_as_typed() -> None:
+    overrides = sweep_overrides(Path("out/runs"), "folder", "~/chest xray", 2, None, "basic", 1, ["data.limit_per_class=30"])
+    assert overrides[0] == "-m" and overrides[1].startswith("experiment=report/fig1_bce,")
+    assert overrides[2:] == ["hydra.sweep.dir=out/runs", "data=folder", "data.root='~/chest xray'", "trainer.epochs=2",
+                             "data.limit_per_class=30"]
 
 
 # --- REPORT.md rebuilt from the real-data sweep in docs/report (30 epochs, seeds 0-4) ---------------------

@@ -1,3 +1,3 @@
 """The package version, in a module of its own so that writers of results.json need not import the package."""
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"

@@ -29,6 +29,7 @@ from pneumolab.record.metrics import ALPHA, compare_seeds, holm
 from pneumolab.record.results import FAILURE, RESULTS, read_json, results_problem
 
 NOT_SET = "(not set)"
+SeedValues = dict[int, float | None]  # {seed: a metric's value}, None for a diverged seed
 # Past this many finished points a summary ranks them and tests only the leaders (see `compare_points`).
 MANY_POINTS = 36
 LEADERS = 10
@@ -60,7 +61,7 @@ class Point:
     def seed_values(self, metric: str = "test_acc") -> list[float | None]:
         return [entry.get(metric) for entry in self.per_seed]
 
-    def values_by_seed(self, metric: str = "test_acc") -> dict[int, float | None]:
+    def values_by_seed(self, metric: str = "test_acc") -> SeedValues:
         """{seed: value}: what pairs a seed with the same seed of another point."""
         return {entry["seed"]: entry.get(metric) for entry in self.per_seed}
 
@@ -350,16 +351,24 @@ def seed_coverage(a: Point, b: Point, metric: str) -> tuple[int, int]:
     return shared, a.n_values(metric) + b.n_values(metric)
 
 
+def compare_seed_pairs(pairs: Sequence[tuple[SeedValues, SeedValues]]) -> list[tuple[dict, dict, float | None]]:
+    """(t-test, power line, Holm-adjusted p) per pair of {seed: value}: each pair tested by
+    `metrics.compare_seeds` (paired on shared seeds, else Welch's); the p-values are adjusted together,
+    since the pairs are read as one family of tests."""
+    tests = [compare_seeds(a, b) for a, b in pairs]
+    adjusted = holm([test["p"] for test, _ in tests])
+    return [(test, power, p_holm) for (test, power), p_holm in zip(tests, adjusted)]
+
+
 def compare_points(points: Sequence[Point], swept: Sequence[str], all_pairs: bool,
                    metric: str = "test_acc") -> tuple[list[Comparison], list[tuple[Point, Point]]]:
     """(comparisons, repeats): the t-test on the per-seed `metric` of each candidate pair (paired on shared
     seeds, else Welch's), Holm-adjusted together, with each pair's power line; and the pairs left untested
     as repeats of a tested one (`drop_repeats`)."""
     pairs, repeats = drop_repeats(candidate_pairs(points, swept, all_pairs, metric), swept, metric)
-    tests = [compare_seeds(a.values_by_seed(metric), b.values_by_seed(metric)) for a, b in pairs]
-    adjusted = holm([test["p"] for test, _ in tests])
+    tests = compare_seed_pairs([(a.values_by_seed(metric), b.values_by_seed(metric)) for a, b in pairs])
     comparisons = []
-    for (a, b), (test, power), p_holm in zip(pairs, tests, adjusted):
+    for (a, b), (test, power, p_holm) in zip(pairs, tests):
         differing = differing_keys(a, b, swept)
         shared = tuple(k for k in swept if k not in differing and a.compared_value(k) == b.compared_value(k))
         comparisons.append(Comparison(a, b, differing, shared, test, p_holm, power, metric))

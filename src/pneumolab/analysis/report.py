@@ -1,4 +1,5 @@
-"""Reproducing the course report: run its eight settings as one sweep, then write REPORT.md.
+"""REPORT.md: the course report's eight settings, read back from the sweep that ran them
+(`pneumolab-report`, cli/reproduce.py, runs it), set against the report's numbers.
 
 The settings live in conf/experiment/report/ (one file per figure of the report) and
 share what the report leaves open through conf/experiment/report_settings.yaml. Jobs
@@ -10,35 +11,29 @@ report, never a crash, so a long real-data sweep always ends with a readable rep
 
 from __future__ import annotations
 
-import json
 import os
-import re
-import shlex
-import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 from omegaconf import OmegaConf
 
-from pneumolab.cli.exits import run_child
 from pneumolab.config import config_dir
 from pneumolab.files import atomic_write_text, written_together
-from pneumolab.record.metrics import ALPHA, compare_seeds, holm
+from pneumolab.record.metrics import ALPHA
+from pneumolab.record.names import FAILURE, METRICS_CSV, REPORT_MD, RESULTS, RUN_RECORD
 from pneumolab.outputs.plots import plot_curves_grid, plot_summary
-from pneumolab.record.results import FAILURE, METRICS_CSV, RESULTS, read_json, read_metrics_csv
-from pneumolab.analysis.points import all_pneumonia_rate, natural_key, read_point
-from pneumolab.analysis.summary_md import p_phrase, seeds_tested
+from pneumolab.record.results import read_json, read_metrics_csv
+from pneumolab.analysis.points import (Point, all_pneumonia_rate, compare_seed_pairs, natural_key, node_at,
+                                       read_point)
+from pneumolab.analysis.summary_md import p_phrase, seeds_tested, table
 
-REPORT_MD = "REPORT.md"
-RUN_RECORD = "reproduce_run.json"
 REPORT_GROUP = "report"  # conf/experiment/report/: one config per figure of the report
 SHARED_SETTINGS = "report_settings"  # conf/experiment/report_settings.yaml, included by every figure
-DASH = "—"
+DASH = "—"  # REPORT.md's mark for no value (summary.md's is "–")
 
 
-# --- the settings and the sweep that runs them ------------------------------
+# --- the settings ---------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -78,92 +73,7 @@ def load_report_configs() -> dict[int, dict]:
     return {int(c["report_figure"]["figure"]): c for c in configs if c.get("report_figure")}
 
 
-def hydra_value(text: str) -> str:
-    """`text` as one Hydra override value: quoted unless plainly safe (paths with spaces or commas)."""
-    if re.fullmatch(r"[\w./~+-]+", text):
-        return text
-    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
-
-
-def sweep_overrides(
-    sweep_dir: Path, data: str, root: str | None, epochs: int | None, seeds: int | None,
-    launcher: str, jobs: int, extra: Sequence[str] = (),
-) -> list[str]:
-    """The `pneumolab -m` arguments that run all eight settings as one sweep into `sweep_dir`.
-
-    Paths go in as the user typed them (the sweep runs in this working directory), so
-    the command REPORT.md quotes is one the reader can type too.
-    """
-    # Hydra's glob() lists one directory level only, so `experiment=glob(report/*)` finds
-    # nothing in the nested report/ group; the choices are listed explicitly instead.
-    overrides = [
-        "-m",
-        "experiment=" + ",".join(report_experiments()),
-        f"hydra.sweep.dir={hydra_value(str(sweep_dir))}",
-        f"data={data}",
-    ]
-    if root is not None:
-        key = "data.path" if data == "pneumoniamnist" else "data.root"
-        overrides.append(f"{key}={hydra_value(root)}")
-    if epochs is not None:
-        overrides.append(f"trainer.epochs={epochs}")
-    if seeds is not None:
-        overrides.append(f"trainer.seeds={seeds}")
-    if launcher == "joblib":
-        overrides += ["hydra/launcher=joblib", f"hydra.launcher.n_jobs={jobs}"]
-    return overrides + list(extra)
-
-
-def run_sweep(overrides: list[str], sweep_dir: Path, typed_paths: Sequence[str] = ()) -> int:
-    """Run `pneumolab` with `overrides` in a child process; record the command, its wall time and
-    the paths as typed (REPORT.md shows them so, not as the absolute paths of this machine)."""
-    command = [sys.executable, "-m", "pneumolab.cli.main", *overrides]
-    start = time.perf_counter()
-    returncode = run_child(command)  # a stop signal reaches the sweep too
-    record = {
-        "command": shlex.join(["pneumolab", *overrides]),
-        "typed_paths": [str(sweep_dir), *typed_paths],
-        "wall_seconds": round(time.perf_counter() - start, 1),
-        "returncode": returncode,
-    }
-    if returncode != 2:  # 2: refused before any job ran, so the record of the runs there stays theirs
-        sweep_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(sweep_dir / RUN_RECORD, json.dumps(record, indent=2) + "\n")
-    return returncode
-
-
 # --- reading a finished sweep -----------------------------------------------
-
-
-@dataclass
-class Job:
-    """One job directory of the sweep: finished (results), failed (error) or neither."""
-
-    path: Path
-    config: dict
-    results: dict | None = None
-    error: str | None = None
-
-    @property
-    def setting(self) -> Setting | None:
-        return Setting.from_config(self.config)
-
-    @property
-    def accuracies(self) -> list[float | None]:
-        return [entry["test_acc"] for entry in self.results["per_seed"]] if self.results else []
-
-    @property
-    def accuracies_by_seed(self) -> dict[int, float | None]:
-        return {entry["seed"]: entry["test_acc"] for entry in self.results["per_seed"]} if self.results else {}
-
-    def stat(self, key: str) -> dict:
-        return self.results["summary"][key] if self.results else {"n": 0}
-
-
-def read_job(path: Path) -> Job | None:
-    """The job in `path`, read the way sweep summaries read it (the newer of its files wins)."""
-    point = read_point(path)
-    return None if point is None else Job(path, point.config, results=point.results, error=point.error)
 
 
 def has_jobs(sweep_dir: Path) -> bool:
@@ -176,11 +86,13 @@ def find_sweep_dir(directory: Path) -> Path:
     return directory / "runs" if (directory / "runs").is_dir() else directory
 
 
-def read_sweep(sweep_dir: Path) -> tuple[list[Job], list[Path]]:
-    """Every job that finished or failed, and the job directories that did neither."""
+def read_sweep(sweep_dir: Path) -> tuple[list[Point], list[Path]]:
+    """Every job that finished or failed, read as sweep summaries read it (the newer of its files wins),
+    and the job directories that did neither. Only the sweep's own job directories count, not folders
+    further down (`points.find_points` would search those too)."""
     jobs, unfinished = [], []
     for path in sorted((p for p in sweep_dir.iterdir() if p.is_dir()), key=natural_key):
-        job = read_job(path)
+        job = read_point(path)
         if job is not None:
             jobs.append(job)
         elif (path / ".hydra").is_dir():
@@ -258,17 +170,8 @@ FIXED_DETAILS = (
 # --- formatting ---------------------------------------------------------------
 
 
-def lookup(config: dict, dotted: str) -> Any:
-    node: Any = config
-    for part in dotted.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return None
-        node = node[part]
-    return node
-
-
 def first_value(config: dict, keys: Sequence[str]) -> Any:
-    return next((v for v in (lookup(config, k) for k in keys) if v is not None), None)
+    return next((v for v in (node_at(config, k) for k in keys) if v is not None), None)
 
 
 def percent(value: float | None) -> str:
@@ -347,11 +250,6 @@ def ranking(accuracies: Sequence[tuple[str, float]], numbers: bool = True) -> st
     return "".join(names) + (f" ({''.join(values)} %)" if numbers else "")
 
 
-def markdown_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return lines + ["| " + " | ".join(row) + " |" for row in rows]
-
-
 # --- the report -----------------------------------------------------------------
 
 
@@ -366,7 +264,7 @@ class Report:
         # What the config files declare; what ran (the jobs' configs) takes precedence where known.
         self.declared = load_report_configs()
         self.settings = {figure: Setting.from_config(config) for figure, config in self.declared.items()}
-        self.jobs: dict[int, Job] = {}
+        self.jobs: dict[int, Point] = {}
         self.problems: list[str] = []
         for job in all_jobs:
             self.place(job)
@@ -375,12 +273,12 @@ class Report:
         for path in unfinished:
             self.problems.append(f"Job {path.name} did not finish (no {RESULTS} or {FAILURE}); re-run the sweep to complete it.")
 
-    def place(self, job: Job) -> None:
-        setting = job.setting
+    def place(self, job: Point) -> None:
+        setting = Setting.from_config(job.config)
         if setting is None:
-            self.problems.append(f"Job {job.path.name} is not one of the report's settings (no report_figure); ignored.")
+            self.problems.append(f"Job {job.job_dir.name} is not one of the report's settings (no report_figure); ignored.")
         elif setting.figure in self.jobs:
-            self.problems.append(f"Fig. {setting.figure} has more than one job; job {job.path.name} is ignored.")
+            self.problems.append(f"Fig. {setting.figure} has more than one job; job {job.job_dir.name} is ignored.")
         else:
             self.jobs[setting.figure] = job
             self.settings[setting.figure] = setting
@@ -391,37 +289,41 @@ class Report:
     def figures(self) -> list[int]:
         return sorted(self.settings)
 
-    def finished(self, figures: Iterable[int]) -> list[Job]:
+    def finished(self, figures: Iterable[int]) -> list[Point]:
         return [self.jobs[f] for f in figures if f in self.jobs and self.jobs[f].results]
 
     def stat(self, figure: int, key: str = "test_acc") -> dict:
+        """results.json's summary of `key` for the figure; {"n": 0} without a finished job (no seed to count)."""
         job = self.jobs.get(figure)
-        return job.stat(key) if job else {"n": 0}
+        return (job.stats(key) if job else {}) or {"n": 0}
 
     def value(self, figure: int, key: str) -> Any:
         job = self.jobs.get(figure)
-        return lookup(job.config, key) if job else None
+        return node_at(job.config, key) if job else None
 
     def accuracies(self, figure: int) -> list[float | None]:
         job = self.jobs.get(figure)
-        return job.accuracies if job else []
+        return job.seed_values() if job else []
+
+    def accuracies_by_seed(self, figure: int) -> dict[int, float | None]:
+        job = self.jobs.get(figure)
+        return job.values_by_seed() if job else {}
 
     def lr_changes(self, figure: int) -> int | None:
         """How often the learning rate changed from one epoch to the next in the figure's run (the most of any
         seed), read from its metrics.csv: what its schedule did, not what its config says; None without one."""
         job = self.jobs.get(figure)
-        if job is None or not (job.path / METRICS_CSV).is_file():
+        if job is None or not (job.job_dir / METRICS_CSV).is_file():
             return None
-        histories = read_metrics_csv(job.path / METRICS_CSV)
+        histories = read_metrics_csv(job.job_dir / METRICS_CSV)
         return max((sum(a != b for a, b in zip(h["lr"], h["lr"][1:])) for h in histories), default=0)
 
     def head_tests(self) -> list[tuple[HeadComparison, dict, float | None, dict]]:
         """(comparison, t-test, Holm-adjusted p over both comparisons, power line) per head comparison: paired
         on the seeds both figures ran (the report's settings share them), else Welch's."""
-        tests = [compare_seeds(*(self.jobs[f].accuracies_by_seed if f in self.jobs else {} for f in (c.bce, c.ce)))
-                 for c in HEAD_COMPARISONS]
-        adjusted = holm([test["p"] for test, _ in tests])
-        return [(c, test, p, power) for c, (test, power), p in zip(HEAD_COMPARISONS, tests, adjusted)]
+        tests = compare_seed_pairs([(self.accuracies_by_seed(c.bce), self.accuracies_by_seed(c.ce))
+                                    for c in HEAD_COMPARISONS])
+        return [(c, test, p_holm, power) for c, (test, power, p_holm) in zip(HEAD_COMPARISONS, tests)]
 
 
 # --- the sections of REPORT.md ---------------------------------------------------
@@ -447,7 +349,7 @@ def header_section(report: Report) -> list[str]:
         f"{SEEDS_INTERVAL} {TEST_SET_INTERVAL}",
         "",
         f"- Data: {for_people(report, distinct(job.results['data'] for job in done))}",
-        f"- Epochs: {distinct(lookup(job.config, 'trainer.epochs') for job in done)}",
+        f"- Epochs: {distinct(node_at(job.config, 'trainer.epochs') for job in done)}",
         f"- Seeds: {distinct(', '.join(map(str, job.results.get('seeds', []))) for job in done)}",
         f"- Device: {distinct(job.results['device'] for job in done)}",
         f"- Training time: {training:.1f} s summed over {len(done)} jobs"
@@ -465,20 +367,19 @@ def results_section(report: Report) -> list[str]:
     for figure in report.figures:
         setting, acc = report.settings[figure], report.stat(figure)
         job = report.jobs.get(figure)
-        diverged = f"{job.results['n_diverged']}/{len(job.results['per_seed'])}" if job and job.results else DASH
-        ensemble = (job.results.get("ensemble") or {}) if job and job.results else {}
+        diverged = f"{job.n_diverged}/{len(job.per_seed)}" if job and job.ok else DASH
         rows.append([
             f"Fig. {figure}", setting.tag, plain(report.value(figure, "head.name")),
             plain(report.value(figure, "data.batch_size")), plain(report.value(figure, "scheduler.step_size")),
             scientific(report.value(figure, "optimizer.lr")), percent(setting.reported_acc), mean_std(acc),
-            ci_text(acc), boot_text(acc), percent(ensemble.get("test_acc")),
+            ci_text(acc), boot_text(acc), percent(job.ensemble_acc if job else None),
             mean_std(report.stat(figure, "test_auc"), fraction), boot_position(setting.reported_acc, acc) or DASH,
             diverged,
         ])
     header = ["figure", "setting", "head", "batch", "step", "lr", "report, %", "ours, % (mean ± std)",
               "ours, 95 % CI (seeds)", "ours, 95 % CI (test set)", "ensemble, %", "AUC (mean ± std)",
               "report vs our test-set CI", "diverged seeds"]
-    return ["## Results", "", *markdown_table(header, rows), "",
+    return ["## Results", "", *table(header, rows), "",
             "*Ensemble*: the accuracy of the mean probability over a setting's seeds. The report's number is "
             "set against the test-set interval, the one that covers how far another draw of test images "
             "(which the report's number also is) can move ours."]
@@ -499,8 +400,8 @@ def agreement_section(report: Report) -> list[str]:
 def shorter_run_text(report: Report) -> str:
     """A warning when the jobs trained fewer epochs than the settings declare: the report's numbers then come
     from a longer training than ours, and no agreement or disagreement below is about the settings as written."""
-    declared = lookup(shared_settings(), "trainer.epochs")
-    ran = {lookup(job.config, "trainer.epochs") for job in report.finished(report.figures)}
+    declared = node_at(shared_settings(), "trainer.epochs")
+    ran = {node_at(job.config, "trainer.epochs") for job in report.finished(report.figures)}
     if declared is None or not ran or max(ran) >= declared:
         return ""
     return (f"Our jobs trained {distinct(sorted(ran))} epochs, not the {declared} the settings declare: every "
@@ -569,7 +470,7 @@ def power_text(power: dict) -> str:
 
 
 def describe_trend(report: Report, trend: Trend) -> str:
-    reported = [(plain(lookup(report.declared.get(f, {}), trend.key)), report.settings[f].reported_acc)
+    reported = [(plain(node_at(report.declared.get(f, {}), trend.key)), report.settings[f].reported_acc)
                 for f in trend.figures]
     said = f"CE {trend.label}: the report ranks {ranking(reported)}."
     if any(not report.stat(f).get("n") for f in trend.figures):
@@ -632,7 +533,7 @@ def heads_section(report: Report) -> list[str]:
         "is the same there is no variance: t is undefined and p is 1 when there is no difference, 0 when there "
         "is. *Detectable*: the smallest true difference these seeds find with 80 % power, from their spread; "
         "*seeds needed*: seeds per side that find the observed difference with 80 % power.", "",
-        *markdown_table(header, rows),
+        *table(header, rows),
     ]
 
 
@@ -640,7 +541,7 @@ def trend_section(report: Report, trend: Trend) -> list[str]:
     rows = [[plain(report.value(f, trend.key)), f"Fig. {f}", percent(report.settings[f].reported_acc),
              mean_std(report.stat(f)), ci_text(report.stat(f)), boot_text(report.stat(f))] for f in trend.figures]
     lines = [f"## CE head: {trend.label}", "",
-             *markdown_table([trend.label, "figure", "report, %", "ours, % (mean ± std)", "ours, 95 % CI (seeds)",
+             *table([trend.label, "figure", "report, %", "ours, % (mean ± std)", "ours, 95 % CI (seeds)",
                               "ours, 95 % CI (test set)"], rows)]
     if trend.note:
         lines += ["", trend.note]
@@ -684,7 +585,7 @@ def details_section(report: Report) -> list[str]:
         f"What the report leaves open is fixed once, in `conf/experiment/{SHARED_SETTINGS}.yaml`, which all "
         "eight settings include. The values below are read back from the jobs' configs, so they show "
         "what ran, command-line overrides included.", "",
-        *markdown_table(["detail", "value", "from", "why"], rows),
+        *table(["detail", "value", "from", "why"], rows),
     ]
 
 
@@ -717,11 +618,11 @@ def plot_trend(report: Report, trend: Trend) -> bool:
 def plot_curve_pair(report: Report, pair: tuple[int, ...]) -> str | None:
     histories = []
     for job in report.finished(pair):
-        setting = job.setting
+        setting = Setting.from_config(job.config)
         title = (f"Fig. {setting.figure}: {setting.tag} — report {percent(setting.reported_acc)} %, "
-                 f"ours {mean_std(job.stat('test_acc'))} %")
-        if (job.path / METRICS_CSV).is_file():
-            histories.append((title, read_metrics_csv(job.path / METRICS_CSV)))
+                 f"ours {mean_std(job.stats('test_acc'))} %")
+        if (job.job_dir / METRICS_CSV).is_file():
+            histories.append((title, read_metrics_csv(job.job_dir / METRICS_CSV)))
     if not histories:
         return None
     image = "curves_" + "_".join(f"fig{f}" for f in pair) + ".png"

@@ -36,6 +36,8 @@ PATH_KEYS = ("data.root", "data.path", "data.cache_dir", "hydra.run.dir", "hydra
 PATH_OVERRIDE = re.compile(r"^(\+{0,2})(" + "|".join(re.escape(k) for k in PATH_KEYS) + r")=(.*)$", re.DOTALL)
 # A value Hydra already reads as something other than a plain path.
 NOT_A_PLAIN_PATH = re.compile(r"""^(null|['"].*|\w+\(.*\))$""", re.DOTALL)
+# A path a command can show unquoted: no space, comma, quote or bracket that would split or change it.
+PLAIN_WORD = re.compile(r"[\w./~+-]+")
 CONFIG_DIR_FLAGS = ("--config-dir", "-cd")
 # Flags after which Hydra does not run the job, or composes from another primary config.
 UNCHECKED_FLAGS = {"--help", "-h", "--hydra-help", "--version", "--info", "-i", "--shell-completion", "-sc",
@@ -49,12 +51,24 @@ GRAMMAR_URL = "https://hydra.cc/docs/advanced/override_grammar/basic/"
 # --- paths ---------------------------------------------------------------------
 
 
-def quote_path(value: str) -> str:
-    """`value` with a leading `~` expanded, in single quotes, so that Hydra takes it verbatim."""
-    if NOT_A_PLAIN_PATH.match(value):
+def quote_path(value: str, as_typed: bool = False) -> str:
+    """`value` as one Hydra override value, in single quotes, so that Hydra takes it verbatim.
+
+    On a command line (the default) a value Hydra already reads as something else (null, quoted,
+    a function) stays as it is, and a leading `~` is expanded. With `as_typed`, `value` is a path and
+    nothing else, left as typed when it is one plain word (letters, digits, `./~+-`): a command shown
+    to a person then reads as they typed it, and `pneumolab` quotes it on its way to Hydra
+    (`rewrite_path_args`).
+    """
+    if as_typed:
+        if PLAIN_WORD.fullmatch(value):
+            return value
+    elif NOT_A_PLAIN_PATH.match(value):
         return value
-    expanded = os.path.expanduser(value).replace("\\", "\\\\").replace("'", "\\'")
-    return f"'{expanded}'"
+    else:
+        value = os.path.expanduser(value)
+    escaped = value.replace("\\", "\\\\").replace("'", "\\'")
+    return f"'{escaped}'"
 
 
 def rewrite_path_args(args: list[str]) -> list[str]:

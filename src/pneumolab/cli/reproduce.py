@@ -10,14 +10,68 @@ Re-running with the same --out skips the settings that already finished.
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import shlex
 import sys
+import time
 from pathlib import Path
+from typing import Sequence
 
-from pneumolab.cli.exits import side_command
-from pneumolab.analysis.report import REPORT_MD, build_report, find_sweep_dir, has_jobs, run_sweep, sweep_overrides
+from pneumolab.cli.exits import run_child, side_command
+from pneumolab.cli.overrides import quote_path
+from pneumolab.files import atomic_write_text
+from pneumolab.record.names import REPORT_MD, RUN_RECORD
+from pneumolab.analysis.report import build_report, find_sweep_dir, has_jobs, report_experiments
 
 DEFAULT_OUT = Path("outputs/report")
+
+
+def sweep_overrides(
+    sweep_dir: Path, data: str, root: str | None, epochs: int | None, seeds: int | None,
+    launcher: str, jobs: int, extra: Sequence[str] = (),
+) -> list[str]:
+    """The `pneumolab -m` arguments that run all eight settings as one sweep into `sweep_dir`.
+
+    Paths go in as the user typed them (the sweep runs in this working directory), so
+    the command REPORT.md quotes is one the reader can type too.
+    """
+    # Hydra's glob() lists one directory level only, so `experiment=glob(report/*)` finds
+    # nothing in the nested report/ group; the choices are listed explicitly instead.
+    overrides = [
+        "-m",
+        "experiment=" + ",".join(report_experiments()),
+        f"hydra.sweep.dir={quote_path(str(sweep_dir), as_typed=True)}",
+        f"data={data}",
+    ]
+    if root is not None:
+        key = "data.path" if data == "pneumoniamnist" else "data.root"
+        overrides.append(f"{key}={quote_path(root, as_typed=True)}")
+    if epochs is not None:
+        overrides.append(f"trainer.epochs={epochs}")
+    if seeds is not None:
+        overrides.append(f"trainer.seeds={seeds}")
+    if launcher == "joblib":
+        overrides += ["hydra/launcher=joblib", f"hydra.launcher.n_jobs={jobs}"]
+    return overrides + list(extra)
+
+
+def run_sweep(overrides: list[str], sweep_dir: Path, typed_paths: Sequence[str] = ()) -> int:
+    """Run `pneumolab` with `overrides` in a child process; record the command, its wall time and
+    the paths as typed (REPORT.md shows them so, not as the absolute paths of this machine)."""
+    command = [sys.executable, "-m", "pneumolab.cli.main", *overrides]
+    start = time.perf_counter()
+    returncode = run_child(command)  # a stop signal reaches the sweep too
+    record = {
+        "command": shlex.join(["pneumolab", *overrides]),
+        "typed_paths": [str(sweep_dir), *typed_paths],
+        "wall_seconds": round(time.perf_counter() - start, 1),
+        "returncode": returncode,
+    }
+    if returncode != 2:  # 2: refused before any job ran, so the record of the runs there stays theirs
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(sweep_dir / RUN_RECORD, json.dumps(record, indent=2) + "\n")
+    return returncode
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
