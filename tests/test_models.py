@@ -236,7 +236,8 @@ def test_convs_per_block_0_exits_2_with_one_paragraph(tmp_path):
 
 def test_resnet_without_torchvision_names_the_extra(monkeypatch):
     # None in sys.modules makes `import torchvision` fail as if it were not installed.
+    for name in [m for m in sys.modules if m.startswith("torchvision.")] + ["pneumolab.models.resnet"]:
+        monkeypatch.delitem(sys.modules, name, raising=False)  # put back afterwards
     monkeypatch.setitem(sys.modules, "torchvision", None)
-    monkeypatch.delitem(sys.modules, "pneumolab.models.resnet", raising=False)
     with pytest.raises(PneumolabError, match=r"model=resnet needs torchvision.*pip install 'pneumolab\[resnet\]'"):
         build_model(RESNET, (1, 28, 28), 1)
