@@ -176,8 +176,10 @@ class BasicAugmentConfig(AugmentConfig):
 @dataclass
 class DataConfig:
     """Keys every source shares. A source's schema names the functions that read it (`module:function`,
-    each taking the config): `planner` says what loading will allocate, `loader` builds the Dataset."""
+    each taking the config): `planner` says what loading will allocate, `loader` builds the Dataset;
+    and `location`, its key that names the files it reads (None: it reads none)."""
 
+    location = None
     name: str = MISSING
     batch_size: int = 32
     limit_per_class: Optional[int] = None
@@ -233,6 +235,7 @@ MEDMNIST_SIZES = (28, 64, 128, 224)
 class PneumoniaMNISTDataConfig(DataConfig):
     planner = "pneumolab.data.medmnist:plan_pneumoniamnist"
     loader = "pneumolab.data.medmnist:load_pneumoniamnist"
+    location = "path"
     name: str = "pneumoniamnist"
     size: int = 28
     path: Optional[str] = None
@@ -250,6 +253,7 @@ class PneumoniaMNISTDataConfig(DataConfig):
 class FolderDataConfig(DataConfig):
     planner = "pneumolab.data.folder:plan_folder"
     loader = "pneumolab.data.folder:load_folder"
+    location = "root"
     name: str = "folder"
     root: str = MISSING
     image_size: int = 28

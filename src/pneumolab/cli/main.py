@@ -171,7 +171,7 @@ def describe_settings(settings: Config) -> str:
         keys = [f"{key}={setting_text(value)}" for key, value in vars(augment).items() if key != "name"]
         parts.append(" ".join([f"augment={augment.name}", *keys]))
     data = f"data={settings.data.name}"
-    if getattr(settings.data, "resize", None) and settings.data.name == "folder":
+    if getattr(settings.data, "resize", None):
         data += f" resize={settings.data.resize}"
     parts += [f"optimizer={settings.optimizer.name} lr={settings.optimizer.lr:g}",
               f"scheduler={settings.scheduler.name}", f"batch {settings.data.batch_size}", f"{trainer.epochs} epochs",

@@ -27,12 +27,13 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from pneumolab.config import BUILT_IN_MODELS
+from pneumolab.config import BUILT_IN_MODELS, SCHEMAS
 from pneumolab.errors import PneumolabError
 from pneumolab.extras import require_extras_for_choices
 
-# Config keys that name files or folders.
-PATH_KEYS = ("data.root", "data.path", "data.cache_dir", "hydra.run.dir", "hydra.sweep.dir")
+# Config keys that name files or folders: each data source's location, and where outputs and caches go.
+PATH_KEYS = (*dict.fromkeys(f"data.{schema.location}" for schema in SCHEMAS["data"].values() if schema.location),
+             "data.cache_dir", "hydra.run.dir", "hydra.sweep.dir")
 PATH_OVERRIDE = re.compile(r"^(\+{0,2})(" + "|".join(re.escape(k) for k in PATH_KEYS) + r")=(.*)$", re.DOTALL)
 # A value Hydra already reads as something other than a plain path.
 NOT_A_PLAIN_PATH = re.compile(r"""^(null|['"].*|\w+\(.*\))$""", re.DOTALL)

@@ -18,8 +18,11 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+from omegaconf import MISSING
+
 from pneumolab.cli.exits import run_child, side_command
 from pneumolab.cli.overrides import quote_path
+from pneumolab.config import SCHEMAS
 from pneumolab.files import atomic_write_text
 from pneumolab.record.names import REPORT_MD, RUN_RECORD
 from pneumolab.analysis.report import build_report, find_sweep_dir, has_jobs, report_experiments
@@ -45,8 +48,7 @@ def sweep_overrides(
         f"data={data}",
     ]
     if root is not None:
-        key = "data.path" if data == "pneumoniamnist" else "data.root"
-        overrides.append(f"{key}={quote_path(root, as_typed=True)}")
+        overrides.append(f"data.{SCHEMAS['data'][data].location}={quote_path(root, as_typed=True)}")
     if epochs is not None:
         overrides.append(f"trainer.epochs={epochs}")
     if seeds is not None:
@@ -76,7 +78,7 @@ def run_sweep(overrides: list[str], sweep_dir: Path, typed_paths: Sequence[str] 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="pneumolab-report", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", choices=("phantom", "folder", "pneumoniamnist"), default="phantom",
+    parser.add_argument("--data", choices=tuple(SCHEMAS["data"]), default="phantom",
                         help="data source (default: phantom, the embedded one)")
     parser.add_argument("--root", help="folder: the chest_xray directory; pneumoniamnist: a local npz "
                                        "(else it is downloaded)")
@@ -93,10 +95,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              "run of this script); written to --out, else into DIR")
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides, e.g. -- data.limit_per_class=30")
     args = parser.parse_args(argv)
-    if args.data == "folder" and args.root is None and not args.from_sweep:
-        parser.error("--data folder needs --root, the directory holding train/ and test/")
-    if args.root is not None and args.data == "phantom":
-        parser.error("--root has no meaning for --data phantom; pick --data folder or pneumoniamnist")
+    location = SCHEMAS["data"][args.data].location
+    if location and getattr(SCHEMAS["data"][args.data], location) == MISSING and args.root is None and not args.from_sweep:
+        parser.error(f"--data {args.data} needs --root, its data.{location} (for folder: the directory holding "
+                     "train/ and test/)")
+    if args.root is not None and location is None:
+        parser.error(f"--root has no meaning for --data {args.data}, which reads no files; pick a source that does: "
+                     f"{', '.join(name for name, schema in SCHEMAS['data'].items() if schema.location)}")
     if args.from_sweep and args.overrides:
         parser.error("--from-sweep only rebuilds the report; it takes no Hydra overrides")
     return args
