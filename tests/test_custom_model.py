@@ -141,7 +141,7 @@ def test_a_users_module_trains_with_its_own_keys(workdir):
     proc = run(workdir, "model._target_=mynets.TinyNet", "+model.width=8", "head=ce", f"hydra.run.dir={job}")
     assert proc.returncode == 0, proc.stderr
     results = json.loads((job / "results.json").read_text())
-    assert results["config"]["model"] == {"name": "custom", "_target_": "mynets.TinyNet", "width": 8}
+    assert results["config"]["model"] == {"_target_": "mynets.TinyNet", "width": 8}
     assert results["inference"]["model"] == results["config"]["model"]
     assert [e["seed"] for e in results["per_seed"]] == [0, 1]
     from safetensors import safe_open
