@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -114,7 +114,7 @@ def test_batch_norm_statistics_are_kept_and_restored_with_the_weights(toy, tmp_p
         assert counts == {4 * (run.best_epoch if checkpoint == "best_val" else 3)}
     save_weights(tmp_path, runs)
     mean, std = toy.pixel_stats()
-    record = {"model": asdict(model), "head": "ce", "input_shape": [1, 8, 8], "pixel_mean": mean, "pixel_std": std,
+    record = {"model": {"_target_": model.target, **model.options, "weights": model.weights}, "head": "ce", "input_shape": [1, 8, 8], "pixel_mean": mean, "pixel_std": std,
               "seeds": [0, 1]}
     (tmp_path / "results.json").write_text(json.dumps({"inference": record}))
     saved = load_seeds(tmp_path)

@@ -58,11 +58,12 @@ def test_the_same_config_by_the_same_version_is_reused(finished, caplog):
 @pytest.mark.parametrize("replace, reason", [
     (lambda r: edited(r, ["versions", "pneumolab"], "0.0.1"),
      f"was written by pneumolab 0.0.1, this is pneumolab {__version__}"),
-    (lambda r: [r], "holds a JSON list, not a results object"),
-    (lambda r: {"config": r["config"], "summary": r["summary"]}, "lacks per_seed, n_diverged, versions"),
-    (lambda r: edited(r, ["summary"], {}), "lacks summary.val_acc.mean"),
-    (lambda r: "not json", "is not readable JSON"),
-], ids=["older-version", "a-list", "missing-keys", "no-summary", "not-json"])
+    (lambda r: [r], "holds a JSON list, not an object with per_seed and summary"),
+    (lambda r: {"config": r["config"], "summary": r["summary"]}, "has no per_seed list of seeds"),
+    (lambda r: {k: v for k, v in r.items() if k != "versions"}, "lacks versions"),
+    (lambda r: edited(r, ["summary"], {}), "has no summary of test_acc with mean, std"),
+    (lambda r: "not json", "is not valid JSON"),
+], ids=["older-version", "a-list", "missing-keys", "no-versions", "no-summary", "not-json"])
 @pytest.mark.slow
 def test_anything_else_is_recomputed_and_the_log_says_why(finished, caplog, replace, reason):
     config = json.loads(finished.read_text())["config"]
