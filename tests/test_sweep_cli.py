@@ -134,14 +134,15 @@ def test_launchers_give_the_same_summary(sweeps):
     assert tables["joblib"] == tables["basic"] == tables["submitit_local"]
 
 
-def test_summary_states_welch_p_of_the_two_heads(sweeps):
+def test_summary_states_the_paired_p_of_the_two_heads(sweeps):
     assert sweeps["basic"].wait()[0] == 0
     sweep_dir = sweeps["basic"].dir
     bce, ce = ([e["test_acc"] for e in read_results(sweep_dir / num)["per_seed"]] for num in ("0", "1"))
     assert np.ptp(bce) > 0 and np.ptp(ce) > 0, "the seeds must differ for scipy's test to be defined"
-    expected = stats.ttest_ind(bce, ce, equal_var=False).pvalue
+    # Both heads ran the same seeds, in the same order: the test pairs them (docs/statistics.md).
+    expected = stats.ttest_rel(bce, ce).pvalue
     (row,) = markdown_rows((sweep_dir / "summary.md").read_text(), "Significance")
-    assert row["comparison"] == "head=bce vs head=ce"
+    assert row["comparison"] == "head=bce vs head=ce" and row["test"].startswith("paired")
     assert row["difference"] == f"{100 * (np.mean(bce) - np.mean(ce)):+.1f} pt"
     assert float(row["p"]) == pytest.approx(expected, abs=5e-4)
     assert row["p (Holm)"] == row["p"]  # one test: nothing to adjust
@@ -206,7 +207,7 @@ def test_optuna_search_maximises_mean_validation_accuracy(sweeps):
     assert build_summary([sweep_dir]).search  # summary.png: the objective per trial
 
 
-def test_summarize_metric_auc_on_a_real_sweep_gives_scipys_welch_p(sweeps, tmp_path, capsys):
+def test_summarize_metric_auc_on_a_real_sweep_gives_scipys_paired_p(sweeps, tmp_path, capsys):
     assert sweeps["basic"].wait()[0] == 0
     sweep_dir = sweeps["basic"].dir
     bce, ce = ([e["test_auc"] for e in read_results(sweep_dir / num)["per_seed"]] for num in ("0", "1"))
@@ -215,6 +216,6 @@ def test_summarize_metric_auc_on_a_real_sweep_gives_scipys_welch_p(sweeps, tmp_p
     (row,) = markdown_rows(capsys.readouterr().out, "Significance")
     assert row["comparison"] == "head=bce vs head=ce"
     assert row["difference"] == f"{np.mean(bce) - np.mean(ce):+.3f}"  # AUC stays a fraction
-    expected = stats.ttest_ind(bce, ce, equal_var=False).pvalue
+    expected = stats.ttest_rel(bce, ce).pvalue
     assert row["p"] == ("< 0.001" if expected < 0.001 else f"{expected:.3f}")
     assert (tmp_path / "summary.png").is_file() and not (sweep_dir / "summary.md").read_text().count("`test_auc`")
