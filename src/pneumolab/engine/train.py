@@ -20,7 +20,7 @@ from typing import Callable, ContextManager
 import numpy as np
 import torch
 
-from pneumolab.config import Config, ModelConfig
+from pneumolab.config import Config
 from pneumolab.data.dataset import Dataset, Split, normalize, stratified_holdout
 from pneumolab.errors import PneumolabError
 from pneumolab.record.metrics import binary_metrics
@@ -28,7 +28,7 @@ from pneumolab.record.seed_run import HISTORY_KEYS, SeedRun
 from pneumolab.engine.augment import Augmenter, make_augmenter
 from pneumolab.engine.heads import Head, balanced_class_weights, make_head, predict
 from pneumolab.models import build_stack, check_model, trained_rows
-from pneumolab.models.target import fenced
+from pneumolab.models.target import fenced, step_fence
 from pneumolab.engine.optim import Scheduler, make_optimizer, make_scheduler
 from pneumolab.workers import call_side_by_side, fork_available
 
@@ -292,7 +292,7 @@ def fit_seeds(settings: Config, head: Head, data: TrainingData, seeds: list[int]
         lrs = optimizers.lrs()
         train_loss, train_acc = train_one_epoch(stack, optimizers, head, splits["train"], shufflers,
                                                 settings.data.batch_size, active, augment,
-                                                partial(training_fence, settings.model, epoch))
+                                                step_fence(settings.model, f"during training, epoch {epoch}"))
         with fenced(settings.model, f"during validation after epoch {epoch} (eval() mode, no gradients)"):
             val_loss, val_acc, _ = evaluate(stack, head, splits["val"])
         # The one host sync of the epoch.
@@ -310,10 +310,6 @@ def fit_seeds(settings: Config, head: Head, data: TrainingData, seeds: list[int]
         for s, state in best.items():
             stack.load_seed_state(s, state)
         return finish_runs(stack, head, splits, runs)
-
-
-def training_fence(model_cfg: ModelConfig, epoch: int, step: str) -> ContextManager[None]:
-    return fenced(model_cfg, f"during training, epoch {epoch}, {step}")
 
 
 def finish_runs(stack, head: Head, splits: dict[str, DeviceData], runs: list[SeedRun]) -> list[SeedRun]:

@@ -18,7 +18,7 @@ import traceback
 from contextlib import contextmanager, nullcontext, redirect_stderr
 from pathlib import Path
 from types import ModuleType
-from typing import ContextManager, Iterator
+from typing import Callable, ContextManager, Iterator
 
 import torch
 from torch import nn
@@ -27,6 +27,7 @@ from pneumolab.config import ModelConfig, model_name
 from pneumolab.errors import PneumolabError
 from pneumolab.extras import EXTRA_MODULES, require_extra
 
+NO_FENCE = nullcontext()  # reusable: what a built-in model's code runs in
 EXAMPLE = "e.g. model._target_=mynets.TinyNet for class TinyNet in ./mynets.py"
 # Frames in these folders are torch's and pneumolab's; the last frame outside them is the user's line.
 NOT_USER_CODE = (str(Path(torch.__file__).parent) + os.sep, str(Path(__file__).parent.parent) + os.sep)
@@ -86,8 +87,8 @@ def import_model_module(target: str, module_name: str) -> ModuleType:
 
 
 def model_title(cfg: ModelConfig) -> str:
-    """How messages name the model: model=cnn for a built-in one, the class for a user's."""
-    return f"model={cfg.name}" if cfg.name != "custom" else f"the custom model {cfg.target}"
+    """How a message starts naming the model: Model=cnn for a built-in one, The custom model X for a user's."""
+    return f"Model={cfg.name}" if cfg.name != "custom" else f"The custom model {cfg.target}"
 
 
 def unknown_key_hint(cls: type[nn.Module], options: dict) -> str:
@@ -124,8 +125,15 @@ def fenced(cfg: ModelConfig, where: str) -> ContextManager[None]:
     """Run pneumolab's calls into a user's model code (nothing for a built-in model, whose errors are
     pneumolab's own): whatever that code raises, SystemExit included, becomes one paragraph naming the
     class and `where` ("during training, epoch 3, forward"). KeyboardInterrupt passes: Ctrl-C still stops."""
-    # A bare nullcontext for built-in models: this wraps every training step.
-    return user_code(cfg.target, where) if cfg.name == "custom" else nullcontext()
+    return user_code(cfg.target, where) if cfg.name == "custom" else NO_FENCE
+
+
+def step_fence(cfg: ModelConfig, where: str) -> Callable[[str], ContextManager[None]]:
+    """`fenced(cfg, f"{where}, {step}")` for each step of a loop, decided once: a built-in model's steps
+    get the one shared nullcontext, with no name looked up or message formatted per batch."""
+    if cfg.name != "custom":
+        return lambda step: NO_FENCE
+    return lambda step: user_code(cfg.target, f"{where}, {step}")
 
 
 @contextmanager
@@ -162,7 +170,7 @@ def check_in_training(model: nn.Module, cfg: ModelConfig, in_shape: tuple[int, i
     title = model_title(cfg)
     if not any(p.requires_grad for p in model.parameters()):
         raise PneumolabError(
-            f"{title[0].upper()}{title[1:]} has no trainable parameters, so there is nothing to train. Give it "
+            f"{title} has no trainable parameters, so there is nothing to train. Give it "
             "layers with weights (nn.Linear, nn.Conv2d, ...) registered as attributes of the module (a plain list "
             "hides them: use nn.ModuleList), and leave their requires_grad on."
         )
@@ -179,7 +187,6 @@ def check_in_training(model: nn.Module, cfg: ModelConfig, in_shape: tuple[int, i
 
 def check_first_logits(out, title: str, where: str, batch: int, n_outputs: int) -> None:
     """The check batch's output: a tensor (batch, n_outputs), finite, and computed from the parameters."""
-    title = f"{title[0].upper()}{title[1:]}"
     if not isinstance(out, torch.Tensor) or tuple(out.shape) != (batch, n_outputs):
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise PneumolabError(
